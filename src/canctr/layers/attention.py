@@ -1,0 +1,52 @@
+"""DIN-style target attention (Zhou et al., KDD 2018), as implemented in the DIEN/CAN code.
+
+Notation: B batch, L history length, D key dim, Dq query dim.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from canctr.layers.mlp import MLP, PReLU, glorot_linear
+
+
+class TargetAttention(nn.Module):
+    """Score every history element against the target with DIN's activation unit and pool.
+
+    score_t = MLP([q, k_t, q - k_t, q * k_t]) with sigmoid hidden units 80 -> 40 -> 1 (`din_attention` /
+    `din_fcn_attention` in the official code). With `softmax` the scores are normalised over the valid
+    positions (the DIEN/CAN code); without it they are used raw as weights (the DIN paper, which avoids
+    normalising to keep the intensity of the user's interest). Invalid positions always get weight 0,
+    so an empty history pools to zeros.
+
+    Args:
+        dim: key dim D.
+        query_dim: if given, the query is first projected to D by Linear + PReLU, as DIEN's
+            `din_fcn_attention`; if None the query must already be D-dimensional (DIN).
+        hidden: activation-unit hidden sizes.
+        softmax: normalise the scores over valid positions.
+    """
+
+    def __init__(
+        self, dim: int, *, query_dim: int | None = None, hidden: Sequence[int] = (80, 40), softmax: bool = True
+    ) -> None:
+        super().__init__()
+        self.softmax = softmax
+        self.query_proj = nn.Sequential(glorot_linear(query_dim, dim), PReLU(dim)) if query_dim is not None else None
+        # a constant shift of every score is a no-op under softmax, so the output bias would get no gradient
+        self.unit = MLP(4 * dim, hidden, activation="sigmoid", norm="none", out_bias=not softmax)
+
+    def forward(self, query: Tensor, keys: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """query [B, Dq], keys [B, L, D], mask [B, L] bool -> (weights [B, L], pooled [B, D])."""
+        q = self.query_proj(query) if self.query_proj is not None else query
+        q = q.unsqueeze(1).expand_as(keys)
+        scores = self.unit(torch.cat([q, keys, q - keys, q * keys], dim=-1)).squeeze(-1)  # [B, L]
+        if self.softmax:
+            # finite fill: a row with no valid position gives a uniform softmax, then zeroed below (not NaN)
+            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min).softmax(dim=-1)
+        weights = scores.masked_fill(~mask, 0.0)
+        pooled = torch.bmm(weights.unsqueeze(1), keys).squeeze(1)  # [B, D]
+        return weights, pooled

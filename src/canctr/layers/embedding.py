@@ -1,0 +1,42 @@
+"""Embedding tables and masked pooling.
+
+Notation: B batch, L history length, D embedding dim, N table rows.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+EmbeddingInit = Literal["glorot", "normal"]
+
+
+def embedding_table(num: int, dim: int, init: EmbeddingInit = "glorot") -> nn.Embedding:
+    """An [N, D] table initialised as `init`.
+
+    "glorot": TF1's default glorot_uniform over the [N, D] shape, U(±sqrt(6 / (N + D))). The official code
+    gets this from `tf.get_variable` without an initializer, so big vocabularies start with tiny rows.
+    "normal": the paper's N(0, 0.01), read as standard deviation 0.01.
+    Row 0 (padding/unknown) is an ordinary learned row as in the official code; masks keep padding out.
+    """
+    table = nn.Embedding(num, dim)
+    with torch.no_grad():
+        if init == "glorot":
+            bound = math.sqrt(6.0 / (num + dim))
+            table.weight.uniform_(-bound, bound)
+        elif init == "normal":
+            table.weight.normal_(0.0, 0.01)
+        else:
+            raise ValueError(f"unknown embedding init {init!r}; expected 'glorot' or 'normal'")
+    return table
+
+
+def masked_sum(x: Tensor, mask: Tensor) -> Tensor:
+    """Sum of x [B, L, D] over valid positions (mask [B, L] bool) -> [B, D].
+
+    masked_fill rather than multiply, so whatever sits at padded positions (even inf) cannot leak in.
+    """
+    return x.masked_fill(~mask.unsqueeze(-1), 0.0).sum(dim=1)

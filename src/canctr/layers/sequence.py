@@ -1,0 +1,120 @@
+"""DIEN's sequence layers (Zhou et al., AAAI 2019): interest extractor GRU, AUGRU, auxiliary loss.
+
+Notation: B batch, L history length, D input dim, H hidden (state) dim. Histories are left-aligned:
+positions [0, hist_len) are valid (mask [B, L] bool), hist_len may be 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from canctr.layers.mlp import MLP, Norm
+
+
+class InterestExtractor(nn.Module):
+    """A GRU over the behaviour sequence: [B, L, D] -> states [B, L, H], zero at padded positions.
+
+    The GRU is causal and histories are left-aligned, so the state at a valid position never depends on
+    the padding after it; running the padded tensor is exact, no packing needed. Initialised like TF's
+    GRUCell (DIEN code): glorot weights, gate biases 1.0, candidate bias 0. torch's GRU applies the reset
+    gate after the recurrent matmul (TF applies it before); we keep nn.GRU for its fused kernel.
+    """
+
+    def __init__(self, input_dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.gru = nn.GRU(input_dim, hidden_dim, batch_first=True)
+        H = hidden_dim
+        with torch.no_grad():
+            for name, p in self.gru.named_parameters():
+                if name.startswith("weight"):
+                    for chunk in p.split(H):  # r, z, n blocks, each [H, in]
+                        nn.init.xavier_uniform_(chunk)
+                else:
+                    p.zero_()
+            self.gru.bias_ih_l0[: 2 * H].fill_(1.0)  # reset and update gates
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        states, _ = self.gru(x)
+        return states.masked_fill(~mask.unsqueeze(-1), 0.0)
+
+
+class AUGRU(nn.Module):
+    """GRU with an attentional update gate; returns the state after each row's last valid position.
+
+    Per step (TF GRUCell convention, as the official `VecAttGRUCell`):
+        r, u = sigmoid(W_x x_t + U_g h + b_g)                 (b_g starts at 1.0)
+        c    = tanh(W_c x_t + U_c (r * h) + b_c)              (reset applied before the matmul)
+    form="code":  u' = (1 - a_t) * u,   h = u' * h + (1 - u') * c       (u gates the OLD state)
+    form="paper": u~ = a_t * u,         h = (1 - u~) * h + u~ * c       (DIEN eq. (5)-(6))
+    So a_t = 0 leaves a plain GRU step in the code form and freezes the state in the paper form.
+    Positions >= hist_len do not touch the state, so the result is the state at position hist_len - 1
+    (zeros for an empty history). Input projections for all steps come from one matmul; only the
+    recurrent part loops over time.
+    """
+
+    def __init__(self, input_dim: int, hidden_dim: int, form: Literal["code", "paper"] = "code") -> None:
+        super().__init__()
+        if form not in ("code", "paper"):
+            raise ValueError(f"AUGRU form must be 'code' or 'paper', got {form!r}")
+        self.form = form
+        self.hidden_dim = H = hidden_dim
+        self.input_proj = nn.Linear(input_dim, 3 * H)  # [r | u | c] input parts and biases
+        self.gate_proj = nn.Linear(H, 2 * H, bias=False)  # recurrent part of r, u
+        self.cand_proj = nn.Linear(H, H, bias=False)  # recurrent part of c, on r * h
+        with torch.no_grad():
+            for chunk in self.input_proj.weight.split(H):
+                nn.init.xavier_uniform_(chunk)
+            for chunk in self.gate_proj.weight.split(H):
+                nn.init.xavier_uniform_(chunk)
+            nn.init.xavier_uniform_(self.cand_proj.weight)
+            self.input_proj.bias.zero_()
+            self.input_proj.bias[: 2 * H].fill_(1.0)
+
+    def forward(self, x: Tensor, attention: Tensor, mask: Tensor) -> Tensor:
+        """x [B, L, D], attention [B, L], mask [B, L] bool -> final state [B, H]."""
+        B, L, _ = x.shape
+        H = self.hidden_dim
+        x_gates, x_cand = self.input_proj(x).split([2 * H, H], dim=-1)  # [B, L, 2H], [B, L, H]
+        h = x.new_zeros(B, H)
+        for t in range(L):
+            r, u = torch.sigmoid(x_gates[:, t] + self.gate_proj(h)).chunk(2, dim=-1)
+            c = torch.tanh(x_cand[:, t] + self.cand_proj(r * h))
+            a = attention[:, t, None]
+            if self.form == "code":
+                u = (1.0 - a) * u
+                h_new = u * h + (1.0 - u) * c
+            else:
+                u = a * u
+                h_new = (1.0 - u) * h + u * c
+            h = torch.where(mask[:, t, None], h_new, h)
+        return h
+
+
+class AuxiliaryLoss(nn.Module):
+    """DIEN's auxiliary loss: the extractor state h_t must tell the real next behaviour e_{t+1} from the
+    sampled negative at t+1.
+
+    Network (official `auxiliary_net`): [h_t, e] -> norm -> 100 sigmoid -> 50 sigmoid -> 1 logit, shared
+    by the clicked and the negative input. Loss per valid pair (t, t+1): -log p(e_{t+1}) - log(1 - p(neg)),
+    averaged over valid pairs. (The code averages over all B x (L-1) slots, padding included, which makes
+    the loss depend on the padded width; and adds 1e-8 inside the log. We use exact BCE with logits.)
+    Only valid pairs enter the network, so a "batchnorm" norm sees no padding.
+    """
+
+    def __init__(self, state_dim: int, embed_dim: int, *, hidden: Sequence[int] = (100, 50), norm: Norm = "affine"):
+        super().__init__()
+        self.net = MLP(state_dim + embed_dim, hidden, activation="sigmoid", norm=norm)
+
+    def forward(self, states: Tensor, clicked: Tensor, negative: Tensor, mask: Tensor) -> Tensor:
+        """states [B, L, H], clicked / negative [B, L, D], mask [B, L] bool -> scalar."""
+        pairs = mask[:, 1:]  # (t, t+1) both valid, since histories are left-aligned
+        h = states[:, :-1][pairs]  # [N, H]
+        pos_logit = self.net(torch.cat([h, clicked[:, 1:][pairs]], dim=-1)).squeeze(-1)  # [N]
+        neg_logit = self.net(torch.cat([h, negative[:, 1:][pairs]], dim=-1)).squeeze(-1)
+        loss = F.softplus(-pos_logit) + F.softplus(neg_logit)  # -log sigmoid(pos) - log(1 - sigmoid(neg))
+        return loss.sum() / pairs.sum().clamp(min=1)

@@ -1,0 +1,10 @@
+"""Models: one file per model; importing this package registers them all.
+
+Build one with `create_model(name, schema, config)`; `list_models()` lists the registered entries.
+"""
+
+from canctr.models import can_cartesian, can_dien, can_dnn, cartesian, dien, din, dnn  # noqa: F401  (registration)
+from canctr.models.base import ModelOutput
+from canctr.models.registry import create_model, get_entry, list_models, make_config
+
+__all__ = ["ModelOutput", "create_model", "get_entry", "list_models", "make_config"]

@@ -1,0 +1,1 @@
+"""Training: step function, loop, evaluation metrics and atomic checkpoints."""

@@ -1,0 +1,283 @@
+"""The training loop: `train_step` (one optimizer step, pure), `evaluate`, and `fit` (the loop).
+
+Sample order is a function of (seed, epoch) only (see BatchLoader.order), checkpoints carry (epoch, step)
+and the optimizer state, so `fit(resume=True)` continues exactly where an interrupted run stopped, and a
+data-parallel wrapper only has to shard BatchLoader by rank and wrap the model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from canctr import __version__
+from canctr.data.batch import Batch, BatchLoader, load_split
+from canctr.data.schema import Schema, atomic_write_text
+from canctr.models import create_model, make_config
+from canctr.train.checkpoint import load_model, load_training_state, save_checkpoint
+from canctr.train.metrics import ctr_metrics
+
+log = logging.getLogger("canctr.train")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainConfig:
+    """Defaults follow the official CAN code (train.py): Adam 1e-3, batch 128, 1 epoch, lr x0.5 per epoch."""
+
+    data: str
+    model: str
+    out: str
+    epochs: int = 1
+    batch_size: int = 128
+    eval_batch_size: int = 1024
+    lr: float = 1e-3
+    lr_decay: float = 0.5  # multiply lr after each epoch (official code; no effect with 1 epoch)
+    seed: int = 3
+    device: str = "auto"
+    max_len: int = 100  # training history cut-off (most recent); evaluation uses `eval_max_len`
+    eval_max_len: int = 0  # 0: every stored position (the official code evaluates untruncated)
+    model_config: dict[str, Any] = field(default_factory=dict)  # strict overrides of the model config
+    checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: only at epoch ends)
+    eval_every: int = 0  # steps between extra evaluations logged to curves (0: only at epoch ends)
+    log_every: int = 50
+    progress: bool = True
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda requested but CUDA is not available")
+    return dev
+
+
+def ctr_loss(output_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(output_logits, labels)
+
+
+def train_step(model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """One optimizer step. Returns detached loss terms (tensors: no host sync here)."""
+    model.train()
+    out = model(batch)
+    ctr = ctr_loss(out.logits, batch.label)
+    loss = ctr + sum(out.aux_losses.values()) if out.aux_losses else ctr
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    terms = {"loss": loss.detach(), "ctr_loss": ctr.detach()}
+    terms.update({k: v.detach() for k, v in out.aux_losses.items()})
+    return terms
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: BatchLoader) -> dict[str, np.ndarray]:
+    """Probabilities, labels and groups over a loader, in loader order."""
+    model.eval()
+    probs, labels, groups = [], [], []
+    for batch in loader.iter_epoch(0):
+        probs.append(torch.sigmoid(model(batch).logits.float()))
+        labels.append(batch.label)
+        groups.append(batch.group)
+    cat = lambda xs: torch.cat(xs).cpu().numpy() if xs else np.zeros(0)  # noqa: E731
+    return {"prob": cat(probs), "label": cat(labels), "group": cat(groups)}
+
+
+def evaluate(model: nn.Module, loader: BatchLoader) -> dict[str, float]:
+    p = predict(model, loader)
+    return ctr_metrics(p["label"], p["prob"], p["group"])
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _setup_logging(run_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger("canctr")
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    return handler
+
+
+def _loaders(cfg: TrainConfig, device: torch.device) -> tuple[BatchLoader, BatchLoader]:
+    train = BatchLoader(
+        load_split(cfg.data, "train"), batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed,
+        device=device, max_len=cfg.max_len or None,
+    )
+    test = BatchLoader(
+        load_split(cfg.data, "test"), batch_size=cfg.eval_batch_size, shuffle=False,
+        device=device, max_len=cfg.eval_max_len or None,
+    )
+    return train, test
+
+
+def fit(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
+    """Train `cfg.model` on `cfg.data`, evaluate on the held-out split, write RUN_DIR artefacts."""
+    run_dir = Path(cfg.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = _setup_logging(run_dir)
+    try:
+        return _fit(cfg, run_dir, resume)
+    finally:
+        logging.getLogger("canctr").removeHandler(handler)
+        handler.close()
+
+
+def _fit(cfg: TrainConfig, run_dir: Path, resume: bool) -> dict[str, Any]:
+    device = resolve_device(cfg.device)
+    schema = Schema.load(cfg.data)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    model_cfg = make_config(cfg.model, cfg.model_config)
+    model = create_model(cfg.model, schema, model_cfg).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    train_loader, test_loader = _loaders(cfg, device)
+    if len(train_loader) == 0:
+        raise ValueError(f"{cfg.data}: the training split is empty")
+
+    ckpt_dir = run_dir / "checkpoint"
+    start_epoch, start_step, curves, train_seconds, seen = 0, 0, [], 0.0, 0
+    if resume and (ckpt_dir / "train_state.json").exists():
+        loaded, _ = load_model(ckpt_dir, device)
+        model.load_state_dict(loaded.state_dict())
+        state = load_training_state(ckpt_dir, optimizer)
+        if state.get("finished"):
+            log.info("run already finished; re-evaluating only")
+        start_epoch, start_step = state["epoch"], state["step"]
+        curves, train_seconds, seen = state["curves"], state["train_seconds"], state["samples_seen"]
+        log.info("resumed from epoch %d step %d", start_epoch, start_step)
+    (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2, sort_keys=True) + "\n")
+
+    n_params = count_params(model)
+    log.info("model %s: %d parameters; %d train / %d test samples; device %s",
+             cfg.model, n_params, train_loader.n, test_loader.n, device)
+
+    def checkpoint(epoch: int, step: int, finished: bool = False) -> None:
+        save_checkpoint(ckpt_dir, model, schema, optimizer=optimizer, train_state={
+            "epoch": epoch, "step": step, "finished": finished, "curves": curves,
+            "train_seconds": train_seconds, "samples_seen": seen,
+        })
+
+    for epoch in range(start_epoch, cfg.epochs):
+        for g in optimizer.param_groups:
+            g["lr"] = cfg.lr * (cfg.lr_decay ** epoch)
+        n_batches = len(train_loader)
+        step0 = start_step if epoch == start_epoch else 0
+        bar = _progress(cfg, n_batches, step0, epoch)
+        t0 = time.perf_counter()
+        running, running_n = torch.zeros((), device=device), 0
+        for step, batch in enumerate(train_loader.iter_epoch(epoch, step0), start=step0):
+            terms = train_step(model, batch, optimizer)
+            seen += batch.size
+            running += terms["loss"]
+            running_n += 1
+            done = step + 1
+            if done % cfg.log_every == 0 or done == n_batches:
+                avg = float(running) / running_n  # one host sync per log interval
+                if not math.isfinite(avg):
+                    raise TrainingDiverged(
+                        f"loss became {avg} at epoch {epoch} step {done}; lower --lr or check the data"
+                    )
+                elapsed = train_seconds + time.perf_counter() - t0
+                curves.append({"epoch": epoch, "step": done, "loss": avg, "samples": seen})
+                if bar is not None:
+                    bar.set_postfix(loss=f"{avg:.4f}", sps=f"{seen / max(elapsed, 1e-9):,.0f}")
+                log.info("epoch %d step %d/%d loss %.5f", epoch, done, n_batches, avg)
+                running, running_n = torch.zeros((), device=device), 0
+            if bar is not None:
+                bar.update(1)
+            if cfg.eval_every and done % cfg.eval_every == 0 and done != n_batches:
+                train_seconds += time.perf_counter() - t0
+                m = evaluate(model, test_loader)
+                curves.append({"epoch": epoch, "step": done, "eval_auc": m["auc"], "samples": seen})
+                t0 = time.perf_counter()
+            if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done != n_batches:
+                train_seconds += time.perf_counter() - t0
+                checkpoint(epoch, done)
+                t0 = time.perf_counter()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        train_seconds += time.perf_counter() - t0
+        if bar is not None:
+            bar.close()
+        m = evaluate(model, test_loader)
+        curves.append({"epoch": epoch, "step": n_batches, "eval_auc": m["auc"], "eval_gauc": m["gauc"],
+                       "eval_logloss": m["logloss"], "samples": seen})
+        log.info("epoch %d: auc %.5f gauc %.5f logloss %.5f", epoch, m["auc"], m["gauc"], m["logloss"])
+        checkpoint(epoch + 1, 0, finished=epoch + 1 == cfg.epochs)
+        start_step = 0
+
+    t_eval = time.perf_counter()
+    metrics = evaluate(model, test_loader)
+    eval_seconds = time.perf_counter() - t_eval
+    result = {
+        **metrics,
+        "model": cfg.model,
+        "seed": cfg.seed,
+        "dataset": schema.dataset,
+        "data_dir": str(cfg.data),
+        "n_params": n_params,
+        "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size,
+        "lr": cfg.lr,
+        "train_samples": seen,
+        "train_seconds": train_seconds,
+        "train_samples_per_second": seen / train_seconds if train_seconds > 0 else float("nan"),
+        "eval_seconds": eval_seconds,
+        "device": str(device),
+        "torch": torch.__version__,
+        "canctr": __version__,
+        "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
+        "curves": curves,
+    }
+    atomic_write_text(run_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
+    log.info("final: auc %.5f gauc %.5f logloss %.5f (%.0f samples/s)", metrics["auc"], metrics["gauc"],
+             metrics["logloss"], result["train_samples_per_second"])
+    return result
+
+
+def _progress(cfg: TrainConfig, total: int, initial: int, epoch: int):
+    if not cfg.progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=f"{cfg.model} epoch {epoch}", unit="batch",
+                mininterval=1.0, dynamic_ncols=True)
+
+
+def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, device: str = "auto",
+                 batch_size: int = 1024) -> dict[str, float]:
+    """Re-score a saved run on the held-out split (data_dir defaults to the run's own)."""
+    run_dir = Path(run_dir)
+    cfg = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
+    data_dir = data_dir or cfg.get("data")
+    if data_dir is None:
+        raise ValueError(f"{run_dir}: no config.json; pass --data")
+    dev = resolve_device(device)
+    model, schema = load_model(run_dir / "checkpoint", dev)
+    data_schema = Schema.load(data_dir)
+    if data_schema.vocab_sizes() != schema.vocab_sizes():
+        raise ValueError(
+            f"{data_dir}: vocabulary sizes {data_schema.vocab_sizes()} differ from the checkpoint's "
+            f"{schema.vocab_sizes()}: the data was prepared differently"
+        )
+    loader = BatchLoader(load_split(data_dir, "test"), batch_size=batch_size, shuffle=False, device=dev,
+                         max_len=cfg.get("eval_max_len") or None)
+    return evaluate(model, loader)

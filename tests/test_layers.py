@@ -1,0 +1,326 @@
+"""Layer tests: hand-computed co-action, a naive-loop reference, masking and padding properties."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from canctr.data.batch import lengths_to_mask
+from canctr.layers import (
+    AUGRU,
+    MLP,
+    Affine,
+    AuxiliaryLoss,
+    CoAction,
+    CoActionConfig,
+    Dice,
+    InterestExtractor,
+    TargetAttention,
+    embedding_table,
+    masked_sum,
+)
+
+# ---------------------------------------------------------------------------------------------- co-action
+
+# B=1, L=3 (position 2 is padding), layers ((2, 2), (2, 1)), orders 2, no bias.
+# W1 = [[1, 0], [2, -1]] and W2 = [[1], [3]], flattened row-major into the induction vector.
+HAND_INDUCTION = [[1.0, 0.0, 2.0, -1.0, 1.0, 3.0]]
+HAND_FEED = [[[1.0, 2.0], [0.5, -1.0], [100.0, 100.0]]]
+HAND_MASK = [[True, True, False]]
+
+
+def _hand_unit(**options) -> CoAction:
+    return CoAction(CoActionConfig(**{"layers": ((2, 2), (2, 1)), "orders": 2, **options}))
+
+
+def _run_hand(unit: CoAction) -> list[float]:
+    out = unit(torch.tensor(HAND_INDUCTION), torch.tensor(HAND_FEED), torch.tensor(HAND_MASK))
+    return out[0].tolist()
+
+
+def test_coaction_hand_computed_linear():
+    # x1 = [1, 2]:    order 1: x1 W1 = [5, -2],   W2 -> 5 - 6 = -1;   order 2: [1, 4] W1 = [9, -4],  W2 -> -3
+    # x2 = [.5, -1]:  order 1: [-1.5, 1],         W2 -> 1.5;          order 2: [.25, 1] W1 = [2.25, -1], -> -0.75
+    # masked sum per order of [h1, h2]: order 1 [3.5, -1, 0.5], order 2 [11.25, -5, -3.75]
+    unit = _hand_unit(activation="none")
+    assert unit.induction_dim == 6 and unit.feed_dim == 2 and unit.out_dim == 6
+    assert _run_hand(unit) == pytest.approx([3.5, -1.0, 0.5, 11.25, -5.0, -3.75])
+    assert _run_hand(_hand_unit(activation="none", order_combine="sum")) == pytest.approx([14.75, -6.0, -3.25])
+    assert _run_hand(_hand_unit(activation="none", layer_outputs="last")) == pytest.approx([0.5, -3.75])
+
+
+def test_coaction_hand_computed_tanh():
+    t = math.tanh
+    # first-layer pre-activations per (position, order), from the linear case above
+    pre = {(0, 1): (5.0, -2.0), (0, 2): (9.0, -4.0), (1, 1): (-1.5, 1.0), (1, 2): (2.25, -1.0)}
+    expected = []
+    for order in (1, 2):
+        h1 = [[t(a), t(b)] for (pos, o), (a, b) in pre.items() if o == order]
+        h2 = [a * 1.0 + b * 3.0 for a, b in h1]  # last layer stays linear (code)
+        expected += [h1[0][0] + h1[1][0], h1[0][1] + h1[1][1], h2[0] + h2[1]]
+    assert _run_hand(_hand_unit()) == pytest.approx(expected, rel=1e-6)
+    # activate_last: tanh on the last layer too (paper)
+    expected_last = list(expected)
+    for k, order in ((2, 1), (5, 2)):
+        h1 = [[t(a), t(b)] for (pos, o), (a, b) in pre.items() if o == order]
+        expected_last[k] = sum(t(a + 3.0 * b) for a, b in h1)
+    assert _run_hand(_hand_unit(activate_last=True)) == pytest.approx(expected_last, rel=1e-6)
+
+
+def test_coaction_hand_computed_bias_and_order_independence():
+    # bias: induction = [W1 (4), b1 (2), W2 (2), b2 (1)]; b1 = [1, -1], b2 = [10]
+    unit = _hand_unit(activation="none", bias=True, orders=1, layer_outputs="last")
+    ind = torch.tensor([[1.0, 0.0, 2.0, -1.0, 1.0, -1.0, 1.0, 3.0, 10.0]])
+    out = unit(ind, torch.tensor(HAND_FEED), torch.tensor(HAND_MASK))
+    # x1: [5+1, -2-1] = [6, -3] -> 6 - 9 + 10 = 7;  x2: [-0.5, 0] -> -0.5 + 10 = 9.5
+    assert out[0].tolist() == pytest.approx([16.5])
+    # order independence: order 2 uses the second block, here the first block scaled by 2 (all linear)
+    unit = _hand_unit(activation="none", order_independent=True)
+    assert unit.induction_dim == 12
+    block = torch.tensor(HAND_INDUCTION)
+    out = unit(torch.cat([block, 2 * block], dim=1), torch.tensor(HAND_FEED), torch.tensor(HAND_MASK))
+    # layer 1 is linear in W1 (x2), layer 2 in W1 and W2 (x4)
+    assert out[0].tolist() == pytest.approx([3.5, -1.0, 0.5, 22.5, -10.0, -15.0])
+
+
+def _naive_coaction(cfg: CoActionConfig, induction, feed, mask) -> torch.Tensor:
+    """Reference: explicit loops over samples, orders, positions and layers, one vector at a time."""
+    B, L, _ = feed.shape
+    rows = []
+    for b in range(B):
+        per_order = []
+        for c in range(1, cfg.orders + 1):
+            block_size = sum(i * o + (o if cfg.bias else 0) for i, o in cfg.layers)
+            start = block_size * (c - 1) if cfg.order_independent else 0
+            total = None
+            for t in range(L):
+                if not mask[b, t]:
+                    continue
+                h = [float(v) ** c for v in feed[b, t]]
+                idx = start
+                outs = []
+                for k, (n_in, n_out) in enumerate(cfg.layers):
+                    w = [[float(induction[b, idx + j * n_out + m]) for m in range(n_out)] for j in range(n_in)]
+                    idx += n_in * n_out
+                    h = [sum(h[j] * w[j][m] for j in range(n_in)) for m in range(n_out)]
+                    if cfg.bias:
+                        h = [h[m] + float(induction[b, idx + m]) for m in range(n_out)]
+                        idx += n_out
+                    if cfg.activation == "tanh" and (k < len(cfg.layers) - 1 or cfg.activate_last):
+                        h = [math.tanh(v) for v in h]
+                    outs.append(h)
+                flat = [v for o in (outs if cfg.layer_outputs == "concat" else outs[-1:]) for v in o]
+                total = flat if total is None else [a + v for a, v in zip(total, flat, strict=True)]
+            if total is None:  # no valid position
+                width = sum(o for _, o in cfg.layers) if cfg.layer_outputs == "concat" else cfg.layers[-1][1]
+                total = [0.0] * width
+            per_order.append(total)
+        if cfg.order_combine == "concat":
+            rows.append([v for o in per_order for v in o])
+        else:
+            rows.append([sum(vals) for vals in zip(*per_order, strict=True)])
+    return torch.tensor(rows)
+
+
+@pytest.mark.parametrize(
+    "bias,activate_last,order_combine,order_independent,layer_outputs",
+    list(itertools.product([False, True], [False, True], ["concat", "sum"], [False, True], ["concat", "last"])),
+)
+def test_coaction_matches_naive_loops(bias, activate_last, order_combine, order_independent, layer_outputs):
+    cfg = CoActionConfig(
+        layers=((4, 3), (3, 2)),
+        bias=bias,
+        activate_last=activate_last,
+        orders=3,
+        order_combine=order_combine,
+        order_independent=order_independent,
+        layer_outputs=layer_outputs,
+    )
+    unit = CoAction(cfg)
+    g = torch.Generator().manual_seed(0)
+    B, L = 3, 5
+    induction = torch.randn(B, unit.induction_dim, generator=g, dtype=torch.float64)
+    feed = torch.randn(B, L, unit.feed_dim, generator=g, dtype=torch.float64)
+    mask = lengths_to_mask(torch.tensor([5, 2, 0]), L)
+    out = unit(induction, feed, mask)
+    assert out.shape == (B, unit.out_dim)
+    torch.testing.assert_close(out, _naive_coaction(cfg, induction, feed, mask).to(out.dtype))
+
+
+def test_coaction_default_dims_and_validation():
+    unit = CoAction()
+    assert (unit.induction_dim, unit.feed_dim, unit.out_dim) == (160, 16, 36)
+    assert CoAction(CoActionConfig(order_independent=True)).induction_dim == 480
+    assert CoAction(CoActionConfig(order_combine="sum")).out_dim == 12
+    assert CoAction(CoActionConfig(layer_outputs="last")).out_dim == 12
+    assert CoAction(CoActionConfig(bias=True)).induction_dim == 172
+    with pytest.raises(ValueError):
+        CoActionConfig(layers=((16, 8), (4, 4)))
+    with pytest.raises(ValueError):
+        unit(torch.zeros(2, 159), torch.zeros(2, 3, 16), torch.ones(2, 3, dtype=torch.bool))
+
+
+def test_coaction_gradients_reach_both_inputs():
+    unit = CoAction()
+    induction = torch.randn(2, 160, requires_grad=True)
+    feed = torch.randn(2, 4, 16, requires_grad=True)
+    mask = lengths_to_mask(torch.tensor([4, 2]), 4)
+    unit(induction, feed, mask).sum().backward()
+    assert induction.grad.abs().sum() > 0
+    assert feed.grad[1, 2:].abs().sum() == 0 and feed.grad[1, :2].abs().sum() > 0  # padding gets no gradient
+
+
+# ------------------------------------------------------------------------------------- embedding / mlp
+
+
+def test_embedding_init_and_masked_sum():
+    table = embedding_table(1000, 18, "glorot")
+    assert table.weight.abs().max() <= math.sqrt(6 / 1018)
+    assert embedding_table(1000, 18, "normal").weight.std().item() == pytest.approx(0.01, rel=0.1)
+    with pytest.raises(ValueError):
+        embedding_table(10, 4, "uniform")
+    x = torch.tensor([[[1.0], [2.0], [float("inf")]]])
+    assert masked_sum(x, torch.tensor([[True, True, False]])).tolist() == [[3.0]]
+
+
+def test_affine_starts_as_inference_batchnorm():
+    x = torch.randn(5, 7)
+    torch.testing.assert_close(Affine(7)(x), x / math.sqrt(1 + 1e-3))
+
+
+def test_mlp_shapes_and_init():
+    mlp = MLP(10, (6, 4), activation="prelu", norm="affine")
+    assert mlp(torch.randn(3, 10)).shape == (3, 1)
+    assert mlp(torch.randn(2, 5, 10)).shape == (2, 5, 1)
+    linears = [m for m in mlp.modules() if isinstance(m, torch.nn.Linear)]
+    assert [tuple(m.weight.shape) for m in linears] == [(6, 10), (4, 6), (1, 4)]
+    assert all(m.bias.abs().sum() == 0 for m in linears)
+    assert MLP(10, (6,), norm="batchnorm", activation="dice")(torch.randn(4, 10)).shape == (4, 1)
+
+
+def test_dice_eval_is_independent_of_batch_mates():
+    torch.manual_seed(0)
+    dice = Dice(6)
+    for _ in range(5):  # move the running statistics
+        dice(torch.randn(16, 6) * 3 + 1)
+    dice.eval()
+    x = torch.randn(8, 6)
+    alone = torch.cat([dice(x[i : i + 1]) for i in range(8)])
+    torch.testing.assert_close(dice(x), alone)
+    torch.testing.assert_close(dice(torch.cat([x, 100 * torch.randn(4, 6)]))[:8], alone)
+    dice.train()
+    assert torch.isfinite(dice(torch.randn(1, 6))).all()  # a single-row training batch does not raise
+
+
+# --------------------------------------------------------------------------------------------- attention
+
+
+@pytest.mark.parametrize("softmax", [True, False])
+def test_target_attention_masking(softmax):
+    torch.manual_seed(0)
+    att = TargetAttention(4, softmax=softmax)
+    B, L = 3, 5
+    q, keys = torch.randn(B, 4), torch.randn(B, L, 4)
+    mask = lengths_to_mask(torch.tensor([5, 2, 0]), L)
+    weights, pooled = att(q, keys, mask)
+    assert (weights[~mask] == 0).all()
+    torch.testing.assert_close(pooled, (weights.unsqueeze(-1) * keys).sum(1))
+    assert (pooled[2] == 0).all()  # empty history
+    if softmax:
+        torch.testing.assert_close(weights.sum(1), torch.tensor([1.0, 1.0, 0.0]))
+    # keys at padded positions and extra padding change nothing
+    keys2 = torch.cat([torch.where(mask.unsqueeze(-1), keys, 50 * torch.randn(B, L, 4)), torch.randn(B, 2, 4)], 1)
+    mask2 = torch.cat([mask, torch.zeros(B, 2, dtype=torch.bool)], 1)
+    weights2, pooled2 = att(q, keys2, mask2)
+    torch.testing.assert_close(pooled2, pooled)
+    torch.testing.assert_close(weights2[:, :L], weights)
+
+
+def test_target_attention_query_projection():
+    att = TargetAttention(6, query_dim=10)
+    weights, pooled = att(torch.randn(2, 10), torch.randn(2, 3, 6), torch.ones(2, 3, dtype=torch.bool))
+    assert weights.shape == (2, 3) and pooled.shape == (2, 6)
+
+
+# ------------------------------------------------------------------------------------------------ GRUs
+
+
+def _pad_garbage(x: torch.Tensor, mask: torch.Tensor, extra: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Replace padded positions of x [B, L, ...] with noise and append `extra` noisy padded positions."""
+    noise = 10 * torch.randn_like(x)
+    m = mask.view(*mask.shape, *([1] * (x.dim() - 2)))
+    x2 = torch.where(m, x, noise)
+    x2 = torch.cat([x2, torch.randn(x.shape[0], extra, *x.shape[2:])], dim=1)
+    return x2, torch.cat([mask, torch.zeros(mask.shape[0], extra, dtype=torch.bool)], dim=1)
+
+
+def test_interest_extractor_ignores_padding():
+    torch.manual_seed(0)
+    gru = InterestExtractor(4, 6)
+    x, mask = torch.randn(3, 5, 4), lengths_to_mask(torch.tensor([5, 3, 0]), 5)
+    states = gru(x, mask)
+    x2, mask2 = _pad_garbage(x, mask, 3)
+    states2 = gru(x2, mask2)
+    torch.testing.assert_close(states2[:, :5], states)
+    assert (states2[~mask2] == 0).all()
+
+
+@pytest.mark.parametrize("form", ["code", "paper"])
+def test_augru_ignores_padding_and_handles_empty(form):
+    torch.manual_seed(0)
+    augru = AUGRU(4, 6, form=form)
+    x, att = torch.randn(3, 5, 4), torch.rand(3, 5)
+    mask = lengths_to_mask(torch.tensor([5, 2, 0]), 5)
+    h = augru(x, att, mask)
+    assert h.shape == (3, 6) and torch.isfinite(h).all()
+    assert (h[2] == 0).all()  # empty history: the initial zero state
+    x2, mask2 = _pad_garbage(x, mask, 3)
+    att2, _ = _pad_garbage(att, mask, 3)
+    torch.testing.assert_close(augru(x2, att2, mask2), h)
+    # the final state equals the state after exactly hist_len steps
+    torch.testing.assert_close(augru(x[1:2, :2], att[1:2, :2], mask[1:2, :2]), h[1:2])
+
+
+def test_augru_zero_attention():
+    torch.manual_seed(0)
+    x, mask = torch.randn(2, 4, 3), lengths_to_mask(torch.tensor([4, 3]), 4)
+    zero = torch.zeros(2, 4)
+    # paper form: u~ = a * u = 0, the state never moves from zero
+    assert (AUGRU(3, 5, form="paper")(x, zero, mask) == 0).all()
+    # code form: u' = (1 - 0) * u, a plain TF-convention GRU step; check against a hand-written loop
+    augru = AUGRU(3, 5, form="code")
+    Wx, bx = augru.input_proj.weight, augru.input_proj.bias
+    Wg, Wc = augru.gate_proj.weight, augru.cand_proj.weight
+    for b, n in enumerate([4, 3]):
+        h = torch.zeros(5)
+        for t in range(n):
+            xp = Wx @ x[b, t] + bx
+            gates = torch.sigmoid(xp[:10] + Wg @ h)
+            r, u = gates[:5], gates[5:]
+            c = torch.tanh(xp[10:] + Wc @ (r * h))
+            h = u * h + (1 - u) * c
+        torch.testing.assert_close(augru(x, zero, mask)[b], h)
+
+
+def test_auxiliary_loss_counts_valid_pairs_only():
+    torch.manual_seed(0)
+    aux = AuxiliaryLoss(6, 4)
+    states, pos, neg = torch.randn(3, 5, 6), torch.randn(3, 5, 4), torch.randn(3, 5, 4)
+    mask = lengths_to_mask(torch.tensor([5, 2, 0]), 5)
+    loss = aux(states, pos, neg, mask)
+    # by hand: pairs (t, t+1) with t+1 < hist_len
+    terms = []
+    for b, n in enumerate([5, 2, 0]):
+        for t in range(n - 1):
+            p = aux.net(torch.cat([states[b, t], pos[b, t + 1]])).squeeze()
+            q = aux.net(torch.cat([states[b, t], neg[b, t + 1]])).squeeze()
+            terms.append(-torch.log(torch.sigmoid(p)) - torch.log(1 - torch.sigmoid(q)))
+    torch.testing.assert_close(loss, torch.stack(terms).mean())
+    s2, m2 = _pad_garbage(states, mask, 2)
+    p2, _ = _pad_garbage(pos, mask, 2)
+    n2, _ = _pad_garbage(neg, mask, 2)
+    torch.testing.assert_close(aux(s2, p2, n2, m2), loss)
+    assert aux(states, pos, neg, lengths_to_mask(torch.tensor([1, 0, 1]), 5)) == 0

@@ -1,0 +1,154 @@
+"""Trainer, metrics, loader and checkpoint behaviour on a tiny synthetic prepared dataset."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from canctr.cli import main
+from canctr.data.batch import BatchLoader, load_split
+from canctr.train import loop
+from canctr.train.checkpoint import load_model
+from canctr.train.loop import TrainConfig, TrainingDiverged, evaluate_run, fit
+from canctr.train.metrics import auc, gauc, logloss
+from synth import make_prepared
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return make_prepared(tmp_path_factory.mktemp("synth"))
+
+
+def _brute_auc(y, s):
+    p, n = s[y == 1][:, None], s[y == 0][None, :]
+    return ((p > n) + 0.5 * (p == n)).mean()
+
+
+def test_auc_and_gauc_match_brute_force():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 400)
+    s = np.round(rng.random(400), 1)  # many ties
+    g = rng.integers(0, 30, 400)
+    assert auc(y, s) == pytest.approx(_brute_auc(y, s), abs=1e-12)
+    num = den = 0.0
+    for k in np.unique(g):
+        m = g == k
+        if 0 < y[m].sum() < m.sum():
+            num += _brute_auc(y[m], s[m]) * m.sum()
+            den += m.sum()
+    value, users = gauc(y, s, g)
+    assert value == pytest.approx(num / den, abs=1e-12)
+    assert users == sum(0 < y[g == k].sum() < (g == k).sum() for k in np.unique(g))
+    assert np.isnan(auc(np.ones(5), np.arange(5)))
+    assert logloss(np.array([1, 0]), np.array([0.5, 0.5])) == pytest.approx(np.log(2))
+
+
+def test_loader_order_is_function_of_seed_epoch_and_shards_cover(data_dir):
+    arrays = load_split(data_dir, "train")
+    a = BatchLoader(arrays, batch_size=64, shuffle=True, seed=7)
+    b = BatchLoader(arrays, batch_size=64, shuffle=True, seed=7)
+    assert torch.equal(a.order(3), b.order(3))
+    assert not torch.equal(a.order(0), a.order(1))
+    shards = [BatchLoader(arrays, batch_size=64, shuffle=True, seed=7, rank=r, world_size=2).order(0) for r in (0, 1)]
+    both = torch.cat(shards)
+    assert len(set(both.tolist())) == len(both) == a.n  # disjoint, and 512 divides evenly
+
+
+def test_loader_trims_width_and_keeps_most_recent(data_dir):
+    arrays = load_split(data_dir, "train")
+    loader = BatchLoader(arrays, batch_size=32, shuffle=False, max_len=4)
+    batch = next(iter(loader))
+    n = 32
+    full_len = arrays["hist_len"][:n]
+    assert batch.hist_item.shape[1] == min(4, int(full_len.max()))
+    for i in range(n):
+        k = min(int(full_len[i]), 4)
+        want = arrays["hist_item"][i, int(full_len[i]) - k : int(full_len[i])]
+        assert batch.hist_item[i, :k].tolist() == want.tolist()
+        assert int(batch.hist_len[i]) == k
+        assert (batch.hist_item[i, k:] == 0).all()
+
+
+def _cfg(data_dir, out, **kw):
+    base = dict(data=str(data_dir), model="dnn", out=str(out), batch_size=64, progress=False, log_every=2)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_fit_writes_metrics_and_evaluate_reproduces(data_dir, tmp_path):
+    m = fit(_cfg(data_dir, tmp_path / "run", epochs=2))
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    for key in ("auc", "gauc", "logloss", "n_params", "train_seconds", "train_samples_per_second", "model",
+                "seed", "dataset"):
+        assert key in saved
+    assert saved["train_samples"] == 2 * 512
+    again = evaluate_run(tmp_path / "run", device="cpu")
+    assert again["auc"] == pytest.approx(m["auc"], abs=1e-9)
+    assert again["logloss"] == pytest.approx(m["logloss"], abs=1e-9)
+    assert (tmp_path / "run" / "train.log").read_text().count("final: auc") == 1
+
+
+def test_training_is_deterministic_on_cpu(data_dir, tmp_path):
+    a = fit(_cfg(data_dir, tmp_path / "a", model="can-dnn"))
+    b = fit(_cfg(data_dir, tmp_path / "b", model="can-dnn"))
+    assert a["auc"] == b["auc"] and a["logloss"] == b["logloss"]
+    ma, _ = load_model(tmp_path / "a" / "checkpoint")
+    mb, _ = load_model(tmp_path / "b" / "checkpoint")
+    for (k, va), vb in zip(ma.state_dict().items(), mb.state_dict().values()):
+        assert torch.equal(va, vb), k
+
+
+def test_interrupted_run_resumes_exactly(data_dir, tmp_path, monkeypatch):
+    ref = fit(_cfg(data_dir, tmp_path / "ref", epochs=2))
+    real_step, calls = loop.train_step, {"n": 0}
+
+    def flaky_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 11:  # die mid-epoch 1 (8 batches per epoch), after the step-2 checkpoint
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", flaky_step)
+    with pytest.raises(KeyboardInterrupt):
+        fit(_cfg(data_dir, tmp_path / "cut", epochs=2, checkpoint_every=2))
+    state = json.loads((tmp_path / "cut" / "checkpoint" / "train_state.json").read_text())
+    assert (state["epoch"], state["step"]) == (1, 2)
+    monkeypatch.setattr(loop, "train_step", real_step)
+    resumed = fit(_cfg(data_dir, tmp_path / "cut", epochs=2, checkpoint_every=2), resume=True)
+    assert resumed["auc"] == ref["auc"]
+    assert resumed["train_samples"] == ref["train_samples"]
+    m_ref, _ = load_model(tmp_path / "ref" / "checkpoint")
+    m_cut, _ = load_model(tmp_path / "cut" / "checkpoint")
+    for (k, va), vb in zip(m_ref.state_dict().items(), m_cut.state_dict().values()):
+        assert torch.equal(va, vb), k
+
+
+def test_nan_loss_stops_with_clear_error(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(loop, "ctr_loss", lambda logits, labels: (logits * float("nan")).mean())
+    with pytest.raises(TrainingDiverged, match="step 2"):
+        fit(_cfg(data_dir, tmp_path / "nan"))
+
+
+def test_cli_train_evaluate_models(data_dir, tmp_path, capsys):
+    assert main(["models"]) == 0
+    listed = capsys.readouterr().out
+    for name in ("dnn", "can-dnn", "cartesian", "din", "dien", "can-dien"):
+        assert name in listed
+    run = tmp_path / "cli-run"
+    assert main(["train", "--data", str(data_dir), "--model", "din", "--out", str(run), "--batch-size", "64",
+                 "--no-progress", "--set", "mlp=[32,16]"]) == 0
+    assert json.loads((run / "checkpoint" / "model.json").read_text())["config"]["mlp"] == [32, 16]
+    assert main(["evaluate", "--run", str(run), "--device", "cpu"]) == 0
+    out = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    assert out["auc"] == pytest.approx(json.loads((run / "metrics.json").read_text())["auc"], abs=1e-9)
+
+
+def test_cli_rejects_unknown_model_and_config_key(data_dir, tmp_path, capsys):
+    assert main(["train", "--data", str(data_dir), "--model", "nope", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown model 'nope'" in capsys.readouterr().err
+    assert main(["train", "--data", str(data_dir), "--model", "dnn", "--out", str(tmp_path / "y"),
+                 "--set", "embed_dimm=4"]) == 2
+    assert "unknown key" in capsys.readouterr().err
