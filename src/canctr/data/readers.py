@@ -1,0 +1,503 @@
+"""Streaming parsers for the raw formats that `canctr prepare` reads.
+
+Every reader walks its file line by line (gzip is detected from the magic bytes, CRLF is tolerated), turns
+raw id strings into dense integer codes with an `Interner`, and accumulates compact `array`s. Only ints
+and the distinct id strings outlive a line. A malformed line raises `DataFormatError` naming the file,
+the 1-based line and the problem. With `skip_bad_rows=True` the line is skipped instead and counted in
+`skipped_rows[path]`.
+
+Formats (see /work/shared/data/README.md and can-paper.md §3.2):
+    amazon reviews   one JSON object per line: reviewerID, asin, overall, unixReviewTime
+    amazon meta      one Python-literal dict per line (McAuley 2014; strict JSON also accepted)
+    sequences        `uid item_1 ... item_n` (time order); optional `uid items<TAB>gaps` times file
+    item attributes  JSON {item: [attr ids]}
+    DIEN samples     `label<TAB>uid<TAB>mid<TAB>cat<TAB>mid_hist<TAB>cat_hist`, history joined by \\x02
+    DIEN reviews-info / item-info, and DIEN's Python-2 `*_voc.pkl` dicts (read without any globals)
+"""
+
+from __future__ import annotations
+
+import ast
+import gzip
+import io
+import json
+import os
+import pickle
+import re
+import zlib
+from array import array
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from itertools import accumulate, zip_longest
+from pathlib import Path
+
+import numpy as np
+
+GZIP_MAGIC = b"\x1f\x8b"
+DEFAULT_CATE = "default_cat"  # DIEN's category for items without metadata
+
+
+class DataFormatError(ValueError):
+    """A raw input file does not have the expected format."""
+
+    def __init__(self, path: str | os.PathLike, problem: str, line: int | None = None) -> None:
+        self.path, self.line, self.problem = str(path), line, problem
+        where = f"{path}, line {line}" if line is not None else str(path)
+        super().__init__(f"{where}: {problem}")
+
+
+class _RowError(Exception):
+    """Raised by a line parser; the reader turns it into DataFormatError or a skip."""
+
+
+class Interner:
+    """Maps raw id strings to dense codes 0..n-1 in order of first appearance."""
+
+    def __init__(self) -> None:
+        self.index: dict[str, int] = {}
+        self.names: list[str] = []
+
+    def __call__(self, name: str) -> int:
+        code = self.index.get(name)
+        if code is None:
+            code = self.index[name] = len(self.names)
+            self.names.append(name)
+        return code
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+@dataclass
+class Interactions:
+    """Parsed events, one row per interaction in file order. Codes index `users.names` / `items.names`."""
+
+    user: np.ndarray  # [E] int64
+    item: np.ndarray  # [E] int64
+    time: np.ndarray  # [E] int64 (unix seconds, cumulative gaps, or position in the line)
+    users: Interner
+    items: Interner
+    skipped_rows: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class DienSamples:
+    """Rows of a DIEN sample file. Histories are ragged: sample i owns hist_*[offsets[i]:offsets[i+1]]."""
+
+    label: np.ndarray  # [N] int8
+    user: np.ndarray  # [N] int64 codes
+    item: np.ndarray  # [N]
+    cate: np.ndarray  # [N]
+    offsets: np.ndarray  # [N + 1] int64
+    hist_item: np.ndarray  # [H] int64
+    hist_cate: np.ndarray  # [H]
+
+
+# ----------------------------------------------------------------------------------------------- lines
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not a regular file")
+
+
+def _is_gzip(path: Path) -> bool:
+    _check_file(path)
+    with open(path, "rb") as f:
+        gz = f.read(2) == GZIP_MAGIC
+    if path.suffix == ".gz" and not gz:
+        raise DataFormatError(path, "named .gz but is not gzip data")
+    return gz
+
+
+def iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, bytes]]:
+    """Yield (1-based line number, line without its \\n or \\r\\n) for every line, blank ones included."""
+    path = Path(path)
+    opener = gzip.open if _is_gzip(path) else open
+    lineno = 0
+    try:
+        with opener(path, "rb") as f:
+            for lineno, line in enumerate(f, 1):
+                yield lineno, line.rstrip(b"\r\n")
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+        raise DataFormatError(path, f"corrupt or unreadable data after line {lineno} ({e})") from e
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """The whole (decompressed) file."""
+    path = Path(path)
+    try:
+        if _is_gzip(path):
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        return path.read_bytes()
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise DataFormatError(path, f"corrupt gzip data ({e})") from e
+
+
+class _Rows:
+    """Iterates a file's non-blank decoded lines and applies the bad-row policy to `_RowError`s."""
+
+    def __init__(self, path: str | os.PathLike, skip_bad_rows: bool, skipped: dict[str, int]) -> None:
+        self.path, self.skip, self.skipped = Path(path), skip_bad_rows, skipped
+        self.good = 0
+
+    def bad(self, lineno: int, problem: str) -> None:
+        if not self.skip:
+            raise DataFormatError(self.path, problem, lineno)
+        self.skipped[str(self.path)] = self.skipped.get(str(self.path), 0) + 1
+
+    def lines(self) -> Iterator[tuple[int, str]]:
+        for lineno, raw in iter_lines(self.path):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                self.bad(lineno, f"not UTF-8 text ({e.reason} at byte {e.start})")
+                continue
+            if text.strip():
+                yield lineno, text
+
+    def finish(self) -> None:
+        """Call after the loop: a file that gave no valid row is an error even when skipping."""
+        if self.good == 0:
+            n_skipped = self.skipped.get(str(self.path), 0)
+            problem = (
+                f"no valid rows ({n_skipped} malformed rows skipped)" if n_skipped else "empty file (no rows)"
+            )
+            raise DataFormatError(self.path, problem)
+
+
+def _codes(values: array) -> np.ndarray:
+    return np.frombuffer(values, dtype=np.int64).copy() if len(values) else np.zeros(0, np.int64)
+
+
+def _int_token(tok: str, what: str) -> int:
+    # str.isdigit alone would accept non-ASCII digits, and int() would accept "1_000" or "+1"
+    if not (tok.isascii() and tok.isdigit()):
+        raise _RowError(f"{what} {tok!r} is not a non-negative integer")
+    return int(tok)
+
+
+# ------------------------------------------------------------------------------------ amazon (McAuley)
+
+
+def _parse_review(text: str) -> tuple[str, str, int]:
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        hint = ""
+        if text.lstrip().startswith("{'"):
+            hint = "; this is a Python-literal line, as in meta_*.json: were --reviews and --meta swapped?"
+        raise _RowError(f"not valid JSON ({e.msg} at column {e.colno}){hint}") from None
+    if not isinstance(obj, dict):
+        raise _RowError(f"expected a JSON object, got {type(obj).__name__}")
+    for key in ("reviewerID", "asin", "unixReviewTime"):
+        if key not in obj:
+            hint = "; this looks like item metadata (meta_*.json)" if "categories" in obj else ""
+            raise _RowError(f"missing field {key!r}{hint}")
+    user, asin, t = obj["reviewerID"], obj["asin"], obj["unixReviewTime"]
+    for key, v in (("reviewerID", user), ("asin", asin)):
+        if not isinstance(v, str) or not v:
+            raise _RowError(f"field {key!r} must be a non-empty string, got {v!r}")
+    if isinstance(t, bool) or not isinstance(t, int):
+        raise _RowError(f"field 'unixReviewTime' must be an integer, got {t!r}")
+    return user, asin, t
+
+
+def read_amazon_reviews(path: str | os.PathLike, *, skip_bad_rows: bool = False) -> Interactions:
+    """McAuley `reviews_<Cat>[_5].json[.gz]`: one event per review (every review is a positive)."""
+    users, items = Interner(), Interner()
+    u, i, t = array("q"), array("q"), array("q")
+    skipped: dict[str, int] = {}
+    rows = _Rows(path, skip_bad_rows, skipped)
+    for lineno, text in rows.lines():
+        try:
+            user, asin, ts = _parse_review(text)
+        except _RowError as e:
+            rows.bad(lineno, str(e))
+            continue
+        u.append(users(user))
+        i.append(items(asin))
+        t.append(ts)
+        rows.good += 1
+    rows.finish()
+    return Interactions(_codes(u), _codes(i), _codes(t), users, items, skipped)
+
+
+_ASIN_RE = re.compile(r"""['"]asin['"]\s*:\s*['"]([^'"]+)['"]""")
+
+
+def _parse_meta(text: str) -> tuple[str, str | None]:
+    """(asin, category or None). The category is the last element of categories[0] (DIEN)."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError:
+        try:
+            obj = ast.literal_eval(text)  # the 2014 meta files are Python literals; never eval()
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as e:
+            raise _RowError(f"neither JSON nor a Python literal dict ({type(e).__name__}: {e})") from None
+    if not isinstance(obj, dict):
+        raise _RowError(f"expected a dict, got {type(obj).__name__}")
+    if "reviewerID" in obj:
+        raise _RowError("this is a review line (it has 'reviewerID'): were --reviews and --meta swapped?")
+    asin = obj.get("asin")
+    if not isinstance(asin, str) or not asin:
+        raise _RowError(f"missing or invalid field 'asin' ({asin!r})")
+    cats = obj.get("categories")
+    if cats is None or cats == [] or cats == [[]]:
+        return asin, None
+    if not (
+        isinstance(cats, list) and isinstance(cats[0], list) and all(isinstance(c, str) for c in cats[0])
+    ):
+        raise _RowError(f"field 'categories' must be a list of lists of strings, got {cats!r:.80}")
+    return asin, cats[0][-1] if cats[0] else None
+
+
+def read_amazon_meta(
+    path: str | os.PathLike, wanted: Mapping[str, int], *, skip_bad_rows: bool = False
+) -> tuple[dict[int, str], dict[str, int]]:
+    """McAuley `meta_<Cat>.json[.gz]` -> ({item code: category} for the asins in `wanted`, skipped rows).
+
+    Lines whose asin is visibly not wanted are skipped unparsed: literal_eval is slow and the meta file
+    covers far more items than a 5-core review file.
+    """
+    skipped: dict[str, int] = {}
+    cate: dict[int, str] = {}
+    rows = _Rows(path, skip_bad_rows, skipped)
+    for lineno, text in rows.lines():
+        m = _ASIN_RE.search(text)
+        if m is not None and m.group(1) not in wanted:
+            rows.good += 1
+            continue
+        try:
+            asin, category = _parse_meta(text)
+        except _RowError as e:
+            rows.bad(lineno, str(e))
+            continue
+        rows.good += 1
+        code = wanted.get(asin)
+        if code is not None and category is not None and code not in cate:
+            cate[code] = category
+    rows.finish()
+    return cate, skipped
+
+
+# ---------------------------------------------------------------------------------- S3-Rec sequences
+
+
+def _parse_sequence(text: str) -> tuple[int, list[int]]:
+    toks = text.split()
+    uid = _int_token(toks[0], "user id")
+    return uid, [_int_token(tok, "item id") for tok in toks[1:]]
+
+
+def _parse_times(text: str) -> tuple[list[int], list[int]]:
+    """`uid items<TAB>gaps` -> (uid + items as ints, gaps)."""
+    parts = text.split("\t")
+    if len(parts) != 2:
+        raise _RowError(f"expected 'uid items<TAB>gaps' (2 tab-separated parts), got {len(parts)}")
+    ids = [_int_token(tok, "id") for tok in parts[0].split()]
+    gaps = []
+    for tok in parts[1].split():
+        if not re.fullmatch(r"-?\d+", tok):
+            raise _RowError(f"time gap {tok!r} is not an integer")
+        gaps.append(int(tok))
+    if any(g < 0 for g in gaps):
+        raise _RowError("negative time gap: the items are not sorted by time")
+    return ids, gaps
+
+
+def read_sequences(
+    path: str | os.PathLike, times_path: str | os.PathLike | None = None, *, skip_bad_rows: bool = False
+) -> Interactions:
+    """S3-Rec `<Name>.txt[.gz]` (+ optional TimeWeaver times file). Without times, time = position."""
+    users, items = Interner(), Interner()
+    u, i, t = array("q"), array("q"), array("q")
+    skipped: dict[str, int] = {}
+    rows = _Rows(path, skip_bad_rows, skipped)
+    if times_path is None:
+        paired: Iterator[tuple[int, str, int | None, str | None]] = (
+            (n, s, None, None) for n, s in rows.lines()
+        )
+        trows = None
+    else:
+        trows = _Rows(times_path, skip_bad_rows, skipped)
+        paired = _lockstep(rows, trows)
+    for lineno, text, tlineno, ttext in paired:
+        try:
+            uid, seq = _parse_sequence(text)
+        except _RowError as e:
+            rows.bad(lineno, str(e))
+            continue
+        if trows is None:
+            times = list(range(len(seq)))
+        else:
+            try:
+                ids, gaps = _parse_times(ttext)
+            except _RowError as e:
+                trows.bad(tlineno, str(e))
+                continue
+            if ids != [uid, *seq]:  # the files disagree: no skipping can repair that
+                raise DataFormatError(times_path, f"user/items differ from {path} line {lineno}", tlineno)
+            if len(gaps) != len(seq):
+                trows.bad(tlineno, f"{len(gaps)} time gaps for {len(seq)} items")
+                continue
+            times = list(accumulate(gaps))
+            trows.good += 1
+        code = users(str(uid))
+        u.extend([code] * len(seq))
+        i.extend(items(str(x)) for x in seq)
+        t.extend(times)
+        rows.good += 1
+    rows.finish()
+    if trows is not None:
+        trows.finish()
+    return Interactions(_codes(u), _codes(i), _codes(t), users, items, skipped)
+
+
+def _lockstep(rows: _Rows, trows: _Rows) -> Iterator[tuple[int, str, int, str]]:
+    """Pair the non-blank lines of the sequences file and the times file; their counts must agree."""
+    missing = object()
+    for a, b in zip_longest(rows.lines(), trows.lines(), fillvalue=missing):
+        if a is missing or b is missing:
+            longer, shorter = (rows, trows) if b is missing else (trows, rows)
+            raise DataFormatError(trows.path, f"{longer.path} has more lines than {shorter.path}")
+        yield a[0], a[1], b[0], b[1]
+
+
+def read_item_attributes(path: str | os.PathLike) -> dict[int, list[int]]:
+    """S3-Rec `<Name>_item2attributes.json[.gz]`: {item: [attribute ids]} (brand first, then categories)."""
+    try:
+        obj = json.loads(read_bytes(path))
+    except json.JSONDecodeError as e:
+        raise DataFormatError(path, f"not valid JSON ({e.msg} at column {e.colno})", e.lineno) from None
+    except UnicodeDecodeError as e:
+        raise DataFormatError(path, f"not UTF-8 text ({e.reason})") from None
+    if not isinstance(obj, dict):
+        raise DataFormatError(
+            path, f"expected a JSON object {{item: [attribute ids]}}, got {type(obj).__name__}"
+        )
+    out: dict[int, list[int]] = {}
+    for key, attrs in obj.items():
+        ok = isinstance(attrs, list) and all(isinstance(a, int) and not isinstance(a, bool) for a in attrs)
+        if not (key.isascii() and key.isdigit()) or not ok:
+            raise DataFormatError(path, f"item {key!r}: expected an integer key and a list of integer ids")
+        out[int(key)] = attrs
+    if not out:
+        raise DataFormatError(path, "no items")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- DIEN
+
+
+def read_dien_samples(
+    path: str | os.PathLike,
+    users: Interner,
+    items: Interner,
+    cates: Interner,
+    *,
+    skip_bad_rows: bool = False,
+    skipped: dict[str, int],
+) -> DienSamples:
+    """DIEN `local_*` sample file. Interners are shared across files so codes agree between splits."""
+    label, u, i, c, lens = array("b"), array("q"), array("q"), array("q"), array("q")
+    hi, hc = array("q"), array("q")
+    rows = _Rows(path, skip_bad_rows, skipped)
+    for lineno, text in rows.lines():
+        f = text.split("\t")
+        if len(f) != 6:
+            rows.bad(
+                lineno, f"expected 6 tab-separated fields (label uid mid cat mid_hist cat_hist), got {len(f)}"
+            )
+            continue
+        if f[0] not in ("0", "1"):
+            rows.bad(lineno, f"label must be 0 or 1, got {f[0]!r}")
+            continue
+        if not (f[1] and f[2] and f[3]):
+            rows.bad(lineno, "empty uid, mid or cat")
+            continue
+        mids = f[4].split("\x02") if f[4] else []
+        cats = f[5].split("\x02") if f[5] else []
+        if len(mids) != len(cats) or not all(mids) or not all(cats):
+            rows.bad(
+                lineno, f"mid_hist ({len(mids)} items) and cat_hist ({len(cats)}) must pair up, no empties"
+            )
+            continue
+        label.append(int(f[0]))
+        u.append(users(f[1]))
+        i.append(items(f[2]))
+        c.append(cates(f[3]))
+        lens.append(len(mids))
+        hi.extend(items(m) for m in mids)
+        hc.extend(cates(x) for x in cats)
+        rows.good += 1
+    rows.finish()
+    offsets = np.zeros(len(lens) + 1, np.int64)
+    np.cumsum(_codes(lens), out=offsets[1:])
+    return DienSamples(
+        np.frombuffer(label, np.int8).copy(), _codes(u), _codes(i), _codes(c), offsets, _codes(hi), _codes(hc)
+    )
+
+
+def read_dien_reviews_info(
+    path: str | os.PathLike, items: Interner, *, skip_bad_rows: bool = False, skipped: dict[str, int]
+) -> np.ndarray:
+    """DIEN `reviews-info` (uid, asin, rating, time) -> [R] item codes, one per review (popularity pool)."""
+    pool = array("q")
+    rows = _Rows(path, skip_bad_rows, skipped)
+    for lineno, text in rows.lines():
+        f = text.split("\t")
+        if len(f) != 4 or not f[1]:
+            rows.bad(lineno, f"expected 4 tab-separated fields (uid asin rating time), got {len(f)}")
+            continue
+        pool.append(items(f[1]))
+        rows.good += 1
+    rows.finish()
+    return _codes(pool)
+
+
+def read_dien_item_info(
+    path: str | os.PathLike,
+    items: Interner,
+    cates: Interner,
+    *,
+    skip_bad_rows: bool = False,
+    skipped: dict[str, int],
+) -> tuple[np.ndarray, np.ndarray]:
+    """DIEN `item-info` (asin, cat) -> ([M] item codes, [M] cate codes) in file order."""
+    it, ct = array("q"), array("q")
+    rows = _Rows(path, skip_bad_rows, skipped)
+    for lineno, text in rows.lines():
+        f = text.split("\t")
+        if len(f) != 2 or not f[0] or not f[1]:
+            rows.bad(lineno, f"expected 2 non-empty tab-separated fields (asin cat), got {len(f)}")
+            continue
+        it.append(items(f[0]))
+        ct.append(cates(f[1]))
+        rows.good += 1
+    rows.finish()
+    return _codes(it), _codes(ct)
+
+
+class _NoGlobalsUnpickler(pickle.Unpickler):
+    """A dict of str -> int needs no globals; refusing every one makes loading untrusted pickles safe."""
+
+    def find_class(self, module: str, name: str):  # noqa: ANN201 - signature fixed by pickle
+        raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
+
+
+def read_vocab_pickle(path: str | os.PathLike) -> dict[str, int]:
+    """DIEN `*_voc.pkl` (Python-2 pickle, optionally gzipped): {raw id: index}."""
+    data = read_bytes(path)
+    try:
+        obj = _NoGlobalsUnpickler(io.BytesIO(data), encoding="latin1").load()
+    except Exception as e:  # noqa: BLE001 - any failure of a refused/corrupt pickle is a format error
+        raise DataFormatError(path, f"not a plain vocabulary pickle ({type(e).__name__}: {e})") from None
+    if not isinstance(obj, dict) or not all(
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in obj.items()
+    ):
+        raise DataFormatError(path, "expected a pickled dict of str -> int")
+    return obj
