@@ -409,21 +409,9 @@ def prepare_amazon(
     """McAuley 2014 `reviews_<Cat>[_5].json[.gz]` + `meta_<Cat>.json[.gz]` -> prepared directory `out`."""
     log = readers.read_amazon_reviews(reviews, skip_bad_rows=opts.skip_bad_rows)
     cate_of, skipped_meta = readers.read_amazon_meta(meta, log.items.index, skip_bad_rows=opts.skip_bad_rows)
-    item_cate, cates, no_cate = _item_categories(log.items, cate_of)
-    splits, counts = event_samples(log, item_cate, opts)
-    counts |= {"items_without_category": no_cate, "skipped_rows": {**log.skipped_rows, **skipped_meta}}
-    return encode_and_save(
-        out,
-        splits,
-        Names(log.users.names, log.items.names, cates.names),
-        item_cate,
-        log.item,
-        dataset=_dataset_name("amazon", reviews),
-        protocol=opts.protocol,
-        opts=opts,
-        sources=[describe_source(p) for p in (reviews, meta)],
-        counts=counts,
-        options=dataclasses.asdict(opts),
+    return _prepare_events(
+        out, log, cate_of, opts, kind="amazon", paths=[reviews, meta],
+        skipped_rows={**log.skipped_rows, **skipped_meta}, options=dataclasses.asdict(opts),
     )
 
 
@@ -447,22 +435,40 @@ def prepare_sequences(
     attrs = readers.read_item_attributes(attributes)
     pick = -1 if category_rule == "last" else 0
     cate_of = {code: str(a[pick]) for code, name in enumerate(log.items.names) if (a := attrs.get(int(name)))}
+    return _prepare_events(
+        out, log, cate_of, opts, kind="sequences",
+        paths=[sequences, attributes] + ([times] if times is not None else []), skipped_rows=log.skipped_rows,
+        options={**dataclasses.asdict(opts), "category_rule": category_rule, "times": times is not None},
+    )
+
+
+def _prepare_events(
+    out: str | os.PathLike,
+    log: Interactions,
+    cate_of: dict[int, str],
+    opts: PrepareOptions,
+    *,
+    kind: str,
+    paths: list[str | os.PathLike],
+    skipped_rows: dict[str, int],
+    options: dict[str, Any],
+) -> Schema:
+    """Shared tail of the event-log pipelines: categories, samples, encoding, files. paths[0] names the dataset."""
     item_cate, cates, no_cate = _item_categories(log.items, cate_of)
     splits, counts = event_samples(log, item_cate, opts)
-    counts |= {"items_without_category": no_cate, "skipped_rows": log.skipped_rows}
-    paths = [sequences, attributes] + ([times] if times is not None else [])
+    counts |= {"items_without_category": no_cate, "skipped_rows": skipped_rows}
     return encode_and_save(
         out,
         splits,
         Names(log.users.names, log.items.names, cates.names),
         item_cate,
         log.item,
-        dataset=_dataset_name("sequences", sequences),
+        dataset=_dataset_name(kind, paths[0]),
         protocol=opts.protocol,
         opts=opts,
         sources=[describe_source(p) for p in paths],
         counts=counts,
-        options={**dataclasses.asdict(opts), "category_rule": category_rule, "times": times is not None},
+        options=options,
     )
 
 
