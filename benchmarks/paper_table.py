@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -19,6 +18,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from canctr.env import machine_description
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "amazon_beauty"
@@ -82,7 +83,7 @@ def main() -> int:
         agg["paper_amazon_books_auc"] = PAPER_AMAZON.get(model, "n/a")
         summary.append(agg)
 
-    machine = f"{platform.machine()}, {platform.processor() or 'cpu'}, {torch.get_num_threads()} torch threads"
+    machine = machine_description()
     meta = {"command": "python benchmarks/paper_table.py " + " ".join(sys.argv[1:]),
             "date": time.strftime("%Y-%m-%d"), "machine": machine, "torch": torch.__version__,
             "wall_seconds": round(time.time() - t_start, 1), "epochs": args.epochs, "seeds": args.seeds}

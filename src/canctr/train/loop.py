@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from canctr import __version__
+from canctr.env import machine_description
 from canctr.data.batch import Batch, BatchLoader, load_split
 from canctr.data.schema import Schema, atomic_write_text
 from canctr.models import create_model, make_config
@@ -244,7 +244,7 @@ def _fit(cfg: TrainConfig, run_dir: Path, resume: bool) -> dict[str, Any]:
         "device": str(device),
         "torch": torch.__version__,
         "canctr": __version__,
-        "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
+        "machine": machine_description(device),
         "curves": curves,
     }
     atomic_write_text(run_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
