@@ -57,6 +57,23 @@ def test_loader_order_is_function_of_seed_epoch_and_shards_cover(data_dir):
     assert len(set(both.tolist())) == len(both) == a.n  # disjoint, and 512 divides evenly
 
 
+def test_length_bucketing_is_a_permutation_of_similar_length_batches(data_dir):
+    arrays = load_split(data_dir, "train")
+    plain = BatchLoader(arrays, batch_size=16, shuffle=True, seed=5)
+    bucketed = BatchLoader(arrays, batch_size=16, shuffle=True, seed=5, bucket=8)
+    order = bucketed.order(2)
+    assert sorted(order.tolist()) == list(range(bucketed.n))
+    assert torch.equal(order, bucketed.order(2))  # still a function of (seed, epoch)
+    lens = torch.from_numpy(arrays["hist_len"]).long()
+
+    def mean_spread(loader):  # mean (max - min) history length inside a batch
+        return sum(float(lens[b].max() - lens[b].min()) for b in loader.order(2).split(16)) / len(loader)
+
+    assert mean_spread(bucketed) < 0.5 * mean_spread(plain)
+    widths = [b.hist_item.shape[1] for b in bucketed.iter_epoch(2)]
+    assert sum(widths) < sum(b.hist_item.shape[1] for b in plain.iter_epoch(2))
+
+
 def test_loader_trims_width_and_keeps_most_recent(data_dir):
     arrays = load_split(data_dir, "train")
     loader = BatchLoader(arrays, batch_size=32, shuffle=False, max_len=4)

@@ -45,7 +45,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         data=args.data, model=args.model, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
         eval_batch_size=args.eval_batch_size, lr=args.lr, seed=args.seed, device=args.device,
-        max_len=args.max_len, eval_max_len=args.eval_max_len, model_config=_parse_overrides(args.set),
+        max_len=args.max_len, eval_max_len=args.eval_max_len, bucket=args.bucket,
+        model_config=_parse_overrides(args.set),
         checkpoint_every=args.checkpoint_every, eval_every=args.eval_every, progress=not args.no_progress,
     )
     m = fit(cfg, resume=args.resume)
@@ -83,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--max-len", type=int, default=100, help="training history cut-off (most recent)")
     p.add_argument("--eval-max-len", type=int, default=0, help="evaluation cut-off; 0 = all stored (official code)")
+    p.add_argument("--bucket", type=int, default=20,
+                   help="sort windows of BUCKET batches by history length (official iterator); 0 = off")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="model config override (JSON value), e.g. --set coaction.orders=2")
     p.add_argument("--checkpoint-every", type=int, default=0, help="steps between mid-epoch checkpoints")

@@ -101,6 +101,10 @@ class BatchLoader:
         max_len: keep at most the most recent `max_len` history positions (None: all stored).
         drop_last: drop a final partial batch.
         rank, world_size: this process's shard of every epoch's order (strided, equal counts).
+        bucket: with shuffle, sort each window of `bucket * batch_size` shuffled samples by history length
+            and shuffle the resulting batches (the official DataIterator sorts 20-batch buffers by length):
+            batches hold similar lengths, so the trimmed width, and the recurrent steps of DIEN, shrink.
+            0 or 1 = plain shuffling.
     """
 
     def __init__(
@@ -115,6 +119,7 @@ class BatchLoader:
         drop_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        bucket: int = 0,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -124,6 +129,7 @@ class BatchLoader:
         self.device = torch.device(device)
         self.drop_last = drop_last
         self.rank, self.world_size = rank, world_size
+        self.bucket = bucket
         tensors = {}
         hist_len = np.asarray(arrays["hist_len"]).astype(np.int64)
         width = arrays["hist_item"].shape[1]
@@ -146,6 +152,7 @@ class BatchLoader:
             tensors[name] = t.to(self.device)
         self.tensors = tensors
         self.n = int(tensors["label"].shape[0])
+        self._hist_len_cpu = torch.from_numpy(hist_len)  # for length bucketing without device syncs
 
     def __len__(self) -> int:
         per_rank = self.n // self.world_size if self.world_size > 1 else self.n
@@ -158,12 +165,24 @@ class BatchLoader:
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             idx = torch.randperm(self.n, generator=g)
+            if self.bucket > 1:
+                idx = self._bucketed(idx, g)
         else:
             idx = torch.arange(self.n)
         if self.world_size > 1:
             usable = (self.n // self.world_size) * self.world_size
             idx = idx[:usable][self.rank :: self.world_size]
         return idx.to(self.device)
+
+    def _bucketed(self, idx: Tensor, g: torch.Generator) -> Tensor:
+        """Sort windows of the shuffled order by descending history length, then shuffle whole batches."""
+        window = self.bucket * self.batch_size
+        lens = self._hist_len_cpu[idx]
+        key = (torch.arange(self.n) // window) * (int(lens.max()) + 1) + (lens.max() - lens)
+        idx = idx[torch.sort(key, stable=True).indices]
+        n_full = self.n // self.batch_size
+        blocks = idx[: n_full * self.batch_size].view(n_full, self.batch_size)
+        return torch.cat([blocks[torch.randperm(n_full, generator=g)].reshape(-1), idx[n_full * self.batch_size :]])
 
     def batch(self, idx: Tensor) -> Batch:
         """Gather rows `idx` and trim the history width to the longest history among them."""

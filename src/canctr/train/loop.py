@@ -50,6 +50,7 @@ class TrainConfig:
     seed: int = 3
     device: str = "auto"
     max_len: int = 100  # training history cut-off (most recent); evaluation uses `eval_max_len`
+    bucket: int = 20  # sort windows of bucket x batch_size samples by history length (official iterator)
     eval_max_len: int = 0  # 0: every stored position (the official code evaluates untruncated)
     model_config: dict[str, Any] = field(default_factory=dict)  # strict overrides of the model config
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: only at epoch ends)
@@ -119,7 +120,7 @@ def _setup_logging(run_dir: Path) -> logging.Handler:
 def _loaders(cfg: TrainConfig, device: torch.device) -> tuple[BatchLoader, BatchLoader]:
     train = BatchLoader(
         load_split(cfg.data, "train"), batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed,
-        device=device, max_len=cfg.max_len or None,
+        device=device, max_len=cfg.max_len or None, bucket=cfg.bucket,
     )
     test = BatchLoader(
         load_split(cfg.data, "test"), batch_size=cfg.eval_batch_size, shuffle=False,
