@@ -68,6 +68,15 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """Adam (the paper's). The fused kernel does the whole update in one pass over each tensor: on CPU it
+    halves CAN-DNN's step time (dense moment updates of the 160-wide induction tables dominate)."""
+    try:
+        return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # an older torch or a device without the fused kernel
+        return torch.optim.Adam(model.parameters(), lr=lr)
+
+
 def ctr_loss(output_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(output_logits, labels)
 
@@ -148,7 +157,7 @@ def _fit(cfg: TrainConfig, run_dir: Path, resume: bool) -> dict[str, Any]:
     np.random.seed(cfg.seed)
     model_cfg = make_config(cfg.model, cfg.model_config)
     model = create_model(cfg.model, schema, model_cfg).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    optimizer = make_optimizer(model, cfg.lr)
     train_loader, test_loader = _loaders(cfg, device)
     if len(train_loader) == 0:
         raise ValueError(f"{cfg.data}: the training split is empty")
