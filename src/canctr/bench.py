@@ -1,0 +1,257 @@
+"""`canctr bench`: throughput, latency and memory, recorded with the machine and the command.
+
+Every (model, batch size) training cell runs in its own process, so its peak memory (RSS high-water mark
+on CPU, max allocated on GPU) is its own. Measured:
+    train      samples/s in steady state (after warm-up steps) with the training loader (length bucketing)
+    infer      one request of 1 user x C candidates: latency p50 / p99; bulk scoring of the test split
+    loader     the BatchLoader alone (samples/s), to show data loading is not the bottleneck
+    pipeline   `canctr prepare amazon` on a generated McAuley-format file (reviews/s end to end, peak RSS)
+Results: benchmarks/results/bench_<device>.json and .md (or --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from canctr.data.batch import Batch, BatchLoader, load_split
+from canctr.data.schema import Schema
+from canctr.env import machine_description
+from canctr.models import create_model
+from canctr.train.loop import make_optimizer, resolve_device, train_step
+
+DEFAULT_MODELS = ("dnn", "can-dnn", "din", "dien", "can-dien")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def train_cell(data: str, model_name: str, batch_size: int, device: str, warmup: int, steps: int,
+               seed: int = 0) -> dict[str, Any]:
+    """Steady-state training throughput of one model at one batch size (run in a fresh process)."""
+    dev = resolve_device(device)
+    schema = Schema.load(data)
+    torch.manual_seed(seed)
+    model = create_model(model_name, schema).to(dev)
+    opt = make_optimizer(model, 1e-3)
+    loader = BatchLoader(load_split(data, "train"), batch_size=batch_size, shuffle=True, seed=seed,
+                         device=dev, max_len=100, bucket=20, drop_last=True)
+    batches = iter(_cycle(loader))
+    for _ in range(warmup):
+        train_step(model, next(batches), opt)
+    _sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        train_step(model, next(batches), opt)
+    _sync(dev)
+    seconds = time.perf_counter() - t0
+    return {"model": model_name, "batch_size": batch_size, "steps": steps, "seconds": seconds,
+            "samples_per_second": steps * batch_size / seconds, "step_ms": 1000 * seconds / steps,
+            "peak_memory_mb": _peak_memory_mb(dev), "n_params": sum(p.numel() for p in model.parameters())}
+
+
+def _cycle(loader: BatchLoader):
+    epoch = 0
+    while True:
+        yield from loader.iter_epoch(epoch)
+        epoch += 1
+
+
+def request_batch(arrays: dict[str, np.ndarray], row: int, candidates: np.ndarray, device: torch.device) -> Batch:
+    """One user's history (row `row` of the split) scored against C candidate (item, cate) pairs."""
+    C = len(candidates)
+    n = int(arrays["hist_len"][row])
+    width = max(n, 1)
+
+    def hist(name: str) -> torch.Tensor:
+        return torch.from_numpy(np.repeat(arrays[name][row : row + 1, :width].astype(np.int64), C, axis=0))
+
+    return Batch(
+        label=torch.zeros(C), group=torch.zeros(C, dtype=torch.long),
+        user=torch.full((C,), int(arrays["user"][row])),
+        item=torch.from_numpy(candidates[:, 0]), cate=torch.from_numpy(candidates[:, 1]),
+        hist_item=hist("hist_item"), hist_cate=hist("hist_cate"), hist_len=torch.full((C,), n),
+        neg_hist_item=hist("neg_hist_item"), neg_hist_cate=hist("neg_hist_cate"),
+        hist_item_pair=hist("hist_item_pair"), hist_cate_pair=hist("hist_cate_pair"),
+    ).to(device)
+
+
+def infer_cell(data: str, model_name: str, device: str, candidates: int, requests: int,
+               bulk_batch: int) -> dict[str, Any]:
+    """Latency of 1 user x `candidates` requests (p50/p99) and bulk scoring throughput, eval mode."""
+    dev = resolve_device(device)
+    schema = Schema.load(data)
+    torch.manual_seed(0)
+    model = create_model(model_name, schema).to(dev).eval()
+    arrays = load_split(data, "test")
+    rng = np.random.default_rng(0)
+    # requests for users with a typical history: rows cycle over the split
+    rows = rng.integers(0, len(arrays["label"]), requests + 20)
+    pool = np.stack([arrays["item"], arrays["cate"]], axis=1).astype(np.int64)
+    lat = []
+    with torch.inference_mode():
+        for k, row in enumerate(rows):
+            batch = request_batch(arrays, int(row), pool[rng.integers(0, len(pool), candidates)], dev)
+            _sync(dev)
+            t0 = time.perf_counter()
+            model(batch).logits.sigmoid()
+            _sync(dev)
+            if k >= 20:  # warm-up
+                lat.append(time.perf_counter() - t0)
+        loader = BatchLoader(arrays, batch_size=bulk_batch, shuffle=False, device=dev)
+        for b in loader.iter_epoch(0):  # warm-up pass
+            model(b).logits.sigmoid()
+        _sync(dev)
+        t0 = time.perf_counter()
+        for b in loader.iter_epoch(0):
+            model(b).logits.sigmoid()
+        _sync(dev)
+        bulk = time.perf_counter() - t0
+    lat_ms = np.array(lat) * 1000
+    return {"model": model_name, "candidates": candidates, "requests": len(lat),
+            "latency_p50_ms": float(np.percentile(lat_ms, 50)), "latency_p99_ms": float(np.percentile(lat_ms, 99)),
+            "bulk_batch": bulk_batch, "bulk_samples_per_second": loader.n / bulk}
+
+
+def loader_cell(data: str, device: str, batch_size: int) -> dict[str, Any]:
+    """The loader alone: one epoch of training batches (bucketed, trimmed), samples/s."""
+    dev = resolve_device(device)
+    loader = BatchLoader(load_split(data, "train"), batch_size=batch_size, shuffle=True, seed=0, device=dev,
+                         max_len=100, bucket=20)
+    for _ in loader.iter_epoch(0):
+        pass
+    _sync(dev)
+    t0 = time.perf_counter()
+    n = 0
+    for b in loader.iter_epoch(1):
+        n += b.size
+    _sync(dev)
+    return {"batch_size": batch_size, "samples_per_second": n / (time.perf_counter() - t0)}
+
+
+def pipeline_cell(reviews: int, workdir: str) -> dict[str, Any]:
+    """Generate (once) a McAuley-format file of `reviews` lines, then time `canctr prepare amazon` on it."""
+    work = Path(workdir)
+    raw = work / f"amazon_{reviews}"
+    if not (raw / "reviews.json").exists():
+        gen = Path(__file__).resolve().parents[2] / "benchmarks" / "gen_amazon.py"
+        subprocess.run([sys.executable, str(gen), "--reviews", str(reviews), "--out", str(raw)], check=True)
+    out = work / f"amazon_{reviews}_prepared"
+    cmd = [sys.executable, "-m", "canctr.cli", "prepare", "amazon", "--reviews", str(raw / "reviews.json"),
+           "--meta", str(raw / "meta.json"), "--out", str(out)]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    out_mb = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2**20
+    return {"reviews": reviews, "input_mb": (raw / "reviews.json").stat().st_size / 2**20, "seconds": seconds,
+            "reviews_per_second": reviews / seconds, "peak_rss_mb": peak, "output_mb": out_mb,
+            "command": " ".join(cmd)}
+
+
+def _in_subprocess(fn: str, **kwargs: Any) -> dict[str, Any]:
+    """Run `fn(**kwargs)` of this module in a fresh interpreter; its result comes back as JSON."""
+    code = f"import json,sys; from canctr import bench; print(json.dumps(bench.{fn}(**json.loads(sys.argv[1]))))"
+    res = subprocess.run([sys.executable, "-c", code, json.dumps(kwargs)], check=True, capture_output=True, text=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    dev = resolve_device(args.device)
+    big = args.large_batch or (4096 if dev.type == "cuda" else 1024)
+    result: dict[str, Any] = {
+        "command": "canctr bench " + " ".join(args.argv), "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": machine_description(dev), "device": str(dev), "data": args.data,
+        "dataset": Schema.load(args.data).dataset, "train": [], "infer": [], "loader": [], "pipeline": [],
+    }
+    for model in args.models:
+        for bs in (128, big):
+            cell = _in_subprocess("train_cell", data=args.data, model_name=model, batch_size=bs, device=args.device,
+                                  warmup=args.warmup, steps=args.steps)
+            print(f"train  {model:<10} batch {bs:>5}: {cell['samples_per_second']:>10,.0f} samples/s  "
+                  f"{cell['step_ms']:.2f} ms/step  peak {cell['peak_memory_mb']:,.0f} MB", flush=True)
+            result["train"].append(cell)
+        cell = _in_subprocess("infer_cell", data=args.data, model_name=model, device=args.device,
+                              candidates=args.candidates, requests=args.requests, bulk_batch=big)
+        print(f"infer  {model:<10} 1x{args.candidates}: p50 {cell['latency_p50_ms']:.2f} ms  p99 "
+              f"{cell['latency_p99_ms']:.2f} ms; bulk {cell['bulk_samples_per_second']:,.0f} samples/s", flush=True)
+        result["infer"].append(cell)
+    for bs in (128, big):
+        cell = _in_subprocess("loader_cell", data=args.data, device=args.device, batch_size=bs)
+        print(f"loader batch {bs}: {cell['samples_per_second']:,.0f} samples/s", flush=True)
+        result["loader"].append(cell)
+    if args.pipeline_reviews:
+        cell = pipeline_cell(args.pipeline_reviews, args.workdir)
+        print(f"pipeline {cell['reviews']:,} reviews: {cell['reviews_per_second']:,.0f} reviews/s, "
+              f"peak RSS {cell['peak_rss_mb']:,.0f} MB", flush=True)
+        result["pipeline"].append(cell)
+    return result
+
+
+def to_markdown(r: dict[str, Any]) -> str:
+    lines = [f"# canctr bench on {r['device']}", "", f"Command: `{r['command']}`  ", f"Date: {r['date']}  ",
+             f"Machine: {r['machine']}  ", f"Data: {r['dataset']} ({r['data']})", "",
+             "## Training (steady state, length-bucketed batches)", "",
+             "| model | batch | samples/s | ms/step | peak memory MB | params |", "|---|---|---|---|---|---|"]
+    lines += [f"| {c['model']} | {c['batch_size']} | {c['samples_per_second']:,.0f} | {c['step_ms']:.2f} | "
+              f"{c['peak_memory_mb']:,.0f} | {c['n_params']:,} |" for c in r["train"]]
+    lines += ["", "## Inference", "", "| model | request | p50 ms | p99 ms | bulk batch | bulk samples/s |",
+              "|---|---|---|---|---|---|"]
+    lines += [f"| {c['model']} | 1 user x {c['candidates']} | {c['latency_p50_ms']:.2f} | {c['latency_p99_ms']:.2f} | "
+              f"{c['bulk_batch']} | {c['bulk_samples_per_second']:,.0f} |" for c in r["infer"]]
+    if r["loader"]:
+        fastest = max((c["samples_per_second"] for c in r["train"]), default=float("nan"))
+        lines += ["", "## Loader alone", "", "| batch | samples/s | × fastest training |", "|---|---|---|"]
+        lines += [f"| {c['batch_size']} | {c['samples_per_second']:,.0f} | {c['samples_per_second'] / fastest:.1f} |"
+                  for c in r["loader"]]
+    if r["pipeline"]:
+        lines += ["", "## Data pipeline (`canctr prepare amazon`, generated McAuley JSON)", "",
+                  "| reviews | input MB | seconds | reviews/s | peak RSS MB | output MB |", "|---|---|---|---|---|---|"]
+        lines += [f"| {c['reviews']:,} | {c['input_mb']:,.0f} | {c['seconds']:.1f} | {c['reviews_per_second']:,.0f} | "
+                  f"{c['peak_rss_mb']:,.0f} | {c['output_mb']:,.0f} |" for c in r["pipeline"]]
+    return "\n".join(lines) + "\n"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("bench", help="training/inference/loader/pipeline throughput and memory")
+    p.add_argument("--data", required=True, help="prepared directory")
+    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
+    p.add_argument("--device", default="auto")
+    p.add_argument("--large-batch", type=int, default=0, help="second batch size (default 1024 CPU, 4096 GPU)")
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--candidates", type=int, default=100)
+    p.add_argument("--requests", type=int, default=300)
+    p.add_argument("--pipeline-reviews", type=int, default=0, help="also time `prepare amazon` on N generated reviews")
+    p.add_argument("--workdir", default="/tmp/canctr-bench", help="where generated raw files are cached")
+    p.add_argument("--out", default=None, help="results file stem (default benchmarks/results/bench_<device>)")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    args.argv = sys.argv[2:]
+    r = run(args)
+    stem = Path(args.out or f"benchmarks/results/bench_{torch.device(r['device']).type}")
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(r, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(to_markdown(r))
+    print(f"wrote {stem}.json and {stem}.md")
+    return 0
