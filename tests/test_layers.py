@@ -16,8 +16,10 @@ from canctr.layers import (
     AuxiliaryLoss,
     CoAction,
     CoActionConfig,
+    CrossNetwork,
     Dice,
     InterestExtractor,
+    ProductLayer,
     TargetAttention,
     embedding_table,
     masked_sum,
@@ -87,8 +89,11 @@ def test_coaction_hand_computed_bias_and_order_independence():
 
 
 def _naive_coaction(cfg: CoActionConfig, induction, feed, mask) -> torch.Tensor:
-    """Reference: explicit loops over samples, orders, positions and layers, one vector at a time."""
-    B, L, _ = feed.shape
+    """Reference: explicit loops over samples, orders, positions and layers, one vector at a time.
+
+    induction [B, P] (one micro-MLP per sample) or [B, L, P] (one per position); feed [B, L, D] or [B, 1, D]
+    (the same vector at every position)."""
+    B, L = mask.shape
     rows = []
     for b in range(B):
         per_order = []
@@ -99,15 +104,16 @@ def _naive_coaction(cfg: CoActionConfig, induction, feed, mask) -> torch.Tensor:
             for t in range(L):
                 if not mask[b, t]:
                     continue
-                h = [float(v) ** c for v in feed[b, t]]
+                h = [float(v) ** c for v in feed[b, t if feed.shape[1] == L else 0]]
+                params = induction[b, t] if induction.dim() == 3 else induction[b]
                 idx = start
                 outs = []
                 for k, (n_in, n_out) in enumerate(cfg.layers):
-                    w = [[float(induction[b, idx + j * n_out + m]) for m in range(n_out)] for j in range(n_in)]
+                    w = [[float(params[idx + j * n_out + m]) for m in range(n_out)] for j in range(n_in)]
                     idx += n_in * n_out
                     h = [sum(h[j] * w[j][m] for j in range(n_in)) for m in range(n_out)]
                     if cfg.bias:
-                        h = [h[m] + float(induction[b, idx + m]) for m in range(n_out)]
+                        h = [h[m] + float(params[idx + m]) for m in range(n_out)]
                         idx += n_out
                     if cfg.activation == "tanh" and (k < len(cfg.layers) - 1 or cfg.activate_last):
                         h = [math.tanh(v) for v in h]
@@ -125,11 +131,17 @@ def _naive_coaction(cfg: CoActionConfig, induction, feed, mask) -> torch.Tensor:
     return torch.tensor(rows)
 
 
+# (induction positions, feed positions): the code's target -> history, the swapped history -> target, and
+# both per position; 0 means one vector per sample given as [B, P]
+LAYOUTS = {"target": (0, 5), "swapped": (5, 1), "per_position": (5, 5)}
+
+
+@pytest.mark.parametrize("layout", ["target", "swapped", "per_position"])
 @pytest.mark.parametrize(
     "bias,activate_last,order_combine,order_independent,layer_outputs",
     list(itertools.product([False, True], [False, True], ["concat", "sum"], [False, True], ["concat", "last"])),
 )
-def test_coaction_matches_naive_loops(bias, activate_last, order_combine, order_independent, layer_outputs):
+def test_coaction_matches_naive_loops(bias, activate_last, order_combine, order_independent, layer_outputs, layout):
     cfg = CoActionConfig(
         layers=((4, 3), (3, 2)),
         bias=bias,
@@ -142,12 +154,44 @@ def test_coaction_matches_naive_loops(bias, activate_last, order_combine, order_
     unit = CoAction(cfg)
     g = torch.Generator().manual_seed(0)
     B, L = 3, 5
-    induction = torch.randn(B, unit.induction_dim, generator=g, dtype=torch.float64)
-    feed = torch.randn(B, L, unit.feed_dim, generator=g, dtype=torch.float64)
+    ind_positions, feed_positions = LAYOUTS[layout]
+    ind_shape = (B, ind_positions, unit.induction_dim) if ind_positions else (B, unit.induction_dim)
+    induction = torch.randn(*ind_shape, generator=g, dtype=torch.float64)
+    feed = torch.randn(B, feed_positions, unit.feed_dim, generator=g, dtype=torch.float64)
     mask = lengths_to_mask(torch.tensor([5, 2, 0]), L)
     out = unit(induction, feed, mask)
     assert out.shape == (B, unit.out_dim)
     torch.testing.assert_close(out, _naive_coaction(cfg, induction, feed, mask).to(out.dtype))
+
+
+def test_coaction_swapped_fm_special_case():
+    # one linear 1 x D layer is FM's inner product (paper 2.2), symmetric in its two vectors: inducing from
+    # the history and feeding the target equals the usual direction with the two roles' vectors exchanged
+    unit = CoAction(CoActionConfig(layers=((4, 1),), orders=1, activation="none"))
+    target, hist = torch.randn(2, 4), torch.randn(2, 3, 4)
+    mask = lengths_to_mask(torch.tensor([3, 1]), 3)
+    expected = masked_sum((hist * target[:, None]).sum(-1, keepdim=True), mask)
+    torch.testing.assert_close(unit(target, hist, mask), expected)
+    torch.testing.assert_close(unit(hist, target[:, None], mask), expected)
+
+
+def test_coaction_per_position_induction_ignores_padding():
+    unit = CoAction()
+    induction = torch.randn(2, 4, 160, requires_grad=True)
+    feed = torch.randn(2, 1, 16, requires_grad=True)
+    mask = lengths_to_mask(torch.tensor([4, 2]), 4)
+    out = unit(induction, feed, mask)
+    out.sum().backward()
+    assert induction.grad[1, 2:].abs().sum() == 0 and induction.grad[1, :2].abs().sum() > 0
+    noisy = torch.where(mask[..., None], induction, 1e3 * torch.randn(2, 4, 160))
+    torch.testing.assert_close(unit(noisy, feed, mask), out)
+    for bad_ind, bad_feed in [
+        (torch.zeros(2, 3, 160), feed),  # induction positions != mask width
+        (torch.zeros(2, 160), torch.zeros(2, 1, 16)),  # neither side spans the history
+        (induction, torch.zeros(2, 2, 16)),  # feed positions neither 1 nor L
+    ]:
+        with pytest.raises(ValueError):
+            unit(bad_ind, bad_feed, mask)
 
 
 def test_coaction_default_dims_and_validation():
@@ -199,6 +243,20 @@ def test_mlp_shapes_and_init():
     assert [tuple(m.weight.shape) for m in linears] == [(6, 10), (4, 6), (1, 4)]
     assert all(m.bias.abs().sum() == 0 for m in linears)
     assert MLP(10, (6,), norm="batchnorm", activation="dice")(torch.randn(4, 10)).shape == (4, 1)
+
+
+def test_mlp_late_features_join_before_the_output_layer():
+    torch.manual_seed(0)
+    mlp = MLP(10, (6, 4), late_dim=3)
+    x, late = torch.randn(5, 10), torch.randn(5, 3)
+    hidden = mlp.net[:-1](x)  # [5, 4]
+    out_layer = mlp.net[-1]
+    assert out_layer.weight.shape == (1, 4 + 3)
+    torch.testing.assert_close(mlp(x, late), hidden @ out_layer.weight[:, :4].T + late @ out_layer.weight[:, 4:].T)
+    with pytest.raises(ValueError):
+        mlp(x)
+    with pytest.raises(ValueError):
+        MLP(10, (6, 4))(x, late)
 
 
 def test_dice_eval_is_independent_of_batch_mates():
@@ -324,3 +382,55 @@ def test_auxiliary_loss_counts_valid_pairs_only():
     n2, _ = _pad_garbage(neg, mask, 2)
     torch.testing.assert_close(aux(s2, p2, n2, m2), loss)
     assert aux(states, pos, neg, lengths_to_mask(torch.tensor([1, 0, 1]), 5)) == 0
+
+
+# ------------------------------------------------------------------------------- products and crosses
+
+
+def test_product_layer_by_hand():
+    # 3 fields, K = 2: pairs (0, 1), (0, 2), (1, 2)
+    fields = torch.tensor([[[1.0, 2.0], [3.0, -1.0], [0.5, 4.0]]])
+    inner = ProductLayer(3, 2, product="inner")
+    assert inner.kernel is None and inner.out_dim == 3
+    assert inner(fields)[0].tolist() == pytest.approx([1.0, 8.5, -2.5])
+    outer = ProductLayer(3, 2, product="outer")
+    with torch.no_grad():
+        outer.kernel.copy_(torch.arange(12.0).reshape(2, 3, 2))  # W_n[m, k] = kernel[k, n, m]
+    kernel = outer.kernel.detach()
+    pairs = [(0, 1), (0, 2), (1, 2)]
+    expected = [float(fields[0, i] @ kernel[:, n, :].T @ fields[0, j]) for n, (i, j) in enumerate(pairs)]
+    assert outer(fields)[0].tolist() == pytest.approx(expected)
+    both = ProductLayer(3, 2)
+    with torch.no_grad():
+        both.kernel.copy_(outer.kernel)
+    assert both.out_dim == 6 and both(fields)[0].tolist() == pytest.approx([1.0, 8.5, -2.5, *expected])
+
+
+def test_operation_aware_products_use_each_partners_slice():
+    # fields [B, F, F-1, K]: field i's vector for partner j sits in slot j-1 if j > i, else j
+    torch.manual_seed(0)
+    fields = torch.randn(2, 4, 3, 5)
+    layer = ProductLayer(4, 5, product="inner")
+    pairs = [(i, j) for i in range(4) for j in range(i + 1, 4)]
+    # for i < j: field i's slot for j is j - 1, field j's slot for i is i
+    expected = torch.stack([(fields[:, i, j - 1] * fields[:, j, i]).sum(-1) for i, j in pairs], 1)
+    torch.testing.assert_close(layer(fields), expected)
+    with pytest.raises(ValueError):
+        layer(torch.randn(2, 4, 2, 5))
+
+
+def test_cross_network_by_hand_and_low_rank():
+    torch.manual_seed(0)
+    net = CrossNetwork(4, layers=2)
+    x0 = torch.randn(3, 4)
+    x = x0
+    for layer in net.layers:
+        x = x0 * (x @ layer.weight.T + layer.bias) + x  # eq. 1
+    torch.testing.assert_close(net(x0), x)
+    low = CrossNetwork(4, layers=1, rank=2)
+    down, up = low.layers[0]
+    full = CrossNetwork(4, layers=1)
+    with torch.no_grad():  # W = U V^T
+        full.layers[0].weight.copy_(up.weight @ down.weight)
+        full.layers[0].bias.copy_(up.bias)
+    torch.testing.assert_close(low(x0), full(x0))

@@ -174,13 +174,14 @@ def test_cli_rejects_unknown_model_and_config_key(data_dir, tmp_path, capsys):
 @pytest.mark.parametrize("name", [e.name for e in __import__("canctr.models", fromlist=["list_models"]).list_models()])
 def test_checkpoint_round_trip_gives_identical_predictions(name, data_dir, tmp_path):
     from canctr.data.schema import Schema
-    from canctr.models import create_model
+    from canctr.models import create_model, make_config
     from canctr.train.checkpoint import save_checkpoint
     from canctr.train.loop import predict
 
     schema = Schema.load(data_dir)
     torch.manual_seed(0)
-    model = create_model(name, schema, {"mlp": [16, 8]})
+    cfg = make_config(name)
+    model = create_model(name, schema, make_config(name, {"mlp": [16, 8]}) if hasattr(cfg, "mlp") else cfg)
     loader = BatchLoader(load_split(data_dir, "train"), batch_size=64, shuffle=True, seed=1)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for batch in list(loader.iter_epoch(0))[:3]:  # move weights and Dice/BN running stats off their init

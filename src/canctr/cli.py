@@ -4,6 +4,9 @@
     canctr train --data DIR --model NAME --out RUN_DIR
     canctr evaluate --run RUN_DIR [--data DIR]
     canctr models
+    canctr reproduce --data DIR [--models all|LIST] [--seeds 5] [--out REPORT_DIR]   grid + report.html
+    canctr compare RUN_DIR... [--out FILE.md|.csv]
+    canctr demo [--out DIR]                      synthetic co-action world: DNN/DIN/CAN vs the Bayes AUC
 """
 
 from __future__ import annotations
@@ -67,10 +70,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from canctr.data.cli_prepare import register as register_prepare
+    from canctr.report.cli_report import register as register_report
 
     parser = argparse.ArgumentParser(prog="canctr", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     register_prepare(sub)
+    register_report(sub)  # reproduce, compare
 
     p = sub.add_parser("train", help="train a model on a prepared dataset and evaluate it")
     p.add_argument("--data", required=True, help="prepared directory (has schema.json)")
@@ -103,6 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list the registered models with their papers")
     p.set_defaults(func=cmd_models)
+
+    from canctr.bench import register as register_bench
+
+    register_bench(sub)
+
+    from canctr.demo import register as register_demo
+
+    register_demo(sub)
     return parser
 
 

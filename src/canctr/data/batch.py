@@ -41,6 +41,11 @@ class Batch:
     neg_hist_cate: Tensor  # [B, L]
     hist_item_pair: Tensor  # [B, L] Cartesian (target item, history item) ids
     hist_cate_pair: Tensor  # [B, L]
+    # optional side features (schema.py ARRAY_SPECS; None when the dataset has none)
+    user_gender: Tensor | None = None  # [B]
+    user_age: Tensor | None = None  # [B]
+    user_occupation: Tensor | None = None  # [B]
+    item_cates: Tensor | None = None  # [B, G] every category of the target item, 0-padded
 
     @property
     def mask(self) -> Tensor:
@@ -55,10 +60,14 @@ class Batch:
         return Batch(**{k: v.to(device, non_blocking=non_blocking) for k, v in self.as_dict().items()})
 
     def as_dict(self) -> dict[str, Tensor]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        """The tensors present (optional fields that are None are left out)."""
+        return {f.name: v for f in dataclasses.fields(self) if (v := getattr(self, f.name)) is not None}
 
     def replace(self, **changes: Tensor) -> Batch:
         return dataclasses.replace(self, **changes)
+
+
+BATCH_FIELDS = frozenset(f.name for f in dataclasses.fields(Batch))
 
 
 def lengths_to_mask(lengths: Tensor, width: int) -> Tensor:
@@ -139,6 +148,8 @@ class BatchLoader:
             shift = np.clip(hist_len - max_len, 0, None)
             hist_len = np.minimum(hist_len, max_len)
         for name, arr in arrays.items():
+            if name not in BATCH_FIELDS:
+                continue  # stored for evaluation only (e.g. true_prob): never a model input
             a = np.asarray(arr)
             if name in HIST_FIELDS and shift is not None:
                 cols = (np.arange(max_len)[None, :] + shift[:, None]).clip(max=width - 1)

@@ -1,4 +1,4 @@
-"""`canctr prepare {amazon,sequences,dien}`: argparse wiring over `canctr.data.pipeline`.
+"""`canctr prepare {amazon,sequences,dien,movielens,taobao,synthetic}`: argparse wiring over the pipelines.
 
 `canctr.cli` calls `register(sub)` with its subparsers; each leaf sets `func(args) -> int`, which runs
 the pipeline, prints a short summary and returns 0, or prints the error and returns 2 for bad input.
@@ -7,10 +7,13 @@ the pipeline, prints a short summary and returns 0, or prints the error and retu
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from collections.abc import Callable
 
+from canctr.data.movielens import DEFAULT_MAX_LEN as MOVIELENS_MAX_LEN
+from canctr.data.movielens import prepare_movielens
 from canctr.data.pipeline import (
     PrepareOptions,
     format_summary,
@@ -19,10 +22,12 @@ from canctr.data.pipeline import (
     prepare_sequences,
 )
 from canctr.data.schema import Schema
+from canctr.data.synthetic import WorldConfig, prepare_synthetic
+from canctr.data.taobao import PROTOCOL_DEFAULTS, prepare_taobao
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `prepare` and its three formats to the `canctr` subcommands."""
+    """Add `prepare` and its formats to the `canctr` subcommands."""
     prepare = subparsers.add_parser(
         "prepare",
         help="raw data -> encoded arrays + schema.json",
@@ -71,8 +76,102 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         func=_leaf(lambda a: prepare_dien(a.dir, a.out, _options(a), vocab_pickles=a.vocab_pickle))
     )
 
+    p = formats.add_parser(
+        "movielens", help="MovieLens-1M ratings.dat + movies.dat (+ users.dat): every rating is a sample"
+    )
+    p.add_argument("--ratings", required=True, help="ratings.dat[.gz]: UserID::MovieID::Rating::Timestamp")
+    p.add_argument("--movies", required=True, help="movies.dat (Latin-1): MovieID::Title::Genres")
+    p.add_argument("--users", help="users.dat: UserID::Gender::Age::Occupation::Zip-code (user features)")
+    p.add_argument(
+        "--positive-threshold", type=int, default=4, help="label = rating >= this (default 4)"
+    )
+    p.add_argument(
+        "--history",
+        choices=("all", "positive"),
+        default="all",
+        help="history = every earlier rated movie (default) or only the earlier ones rated >= threshold",
+    )
+    p.add_argument(
+        "--genres",
+        choices=("first", "multi"),
+        default="first",
+        help="category = first genre (default); multi also writes every genre (item_cates)",
+    )
+    _add_common(p, protocol=False, max_len=MOVIELENS_MAX_LEN)
+    p.set_defaults(
+        func=_leaf(
+            lambda a: prepare_movielens(
+                a.ratings, a.movies, a.out, _options(a), users=a.users,
+                positive_threshold=a.positive_threshold, history=a.history, genres=a.genres,
+            )
+        )
+    )
 
-def _add_common(p: argparse.ArgumentParser, *, protocol: bool) -> None:
+    p = formats.add_parser("taobao", help="Tianchi UserBehavior.csv: MIMN's protocol (CAN's Taobao) or DIN")
+    p.add_argument(
+        "--behaviors", required=True, help="UserBehavior.csv[.gz]: user,item,category,behavior,timestamp"
+    )
+    p.add_argument(
+        "--protocol",
+        choices=tuple(PROTOCOL_DEFAULTS),
+        default="mimn",
+        help="mimn: one sample per user, last behaviour, time split (default); all: every pv + a negative",
+    )
+    p.add_argument(
+        "--behaviors-as-history",
+        choices=("all", "pv"),
+        default="all",
+        help="protocol all: history of every behaviour type (default) or clicks (pv) only",
+    )
+    p.add_argument(
+        "--time-window",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="drop (and count) rows outside 2017-11-25..2017-12-03 UTC+8 (default; --no-time-window keeps)",
+    )
+    p.add_argument(
+        "--mimn-target-in-history",
+        action="store_true",
+        help="append the target to the history as MIMN's script does (leaks the label; off by default)",
+    )
+    p.add_argument("--mimn-truncate", action="store_true", help="cut each split to a multiple of 256 (MIMN)")
+    _add_common(p, protocol=False, max_len=None, test_fraction=None)
+    p.set_defaults(func=_leaf(_taobao))
+
+    w = WorldConfig()
+    p = formats.add_parser("synthetic", help="a co-action world with a known Bayes-optimal click probability")
+    p.add_argument("--users", type=int, default=w.users)
+    p.add_argument("--items", type=int, default=w.items)
+    p.add_argument("--cates", type=int, default=w.cates)
+    p.add_argument("--seed", type=int, default=w.seed, help="seeds the world, the split and the negatives")
+    p.add_argument("--test-fraction", type=float, default=0.2, help="per-user test probability")
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=_leaf(_synthetic))
+
+
+def _taobao(a: argparse.Namespace) -> Schema:
+    defaults = PROTOCOL_DEFAULTS[a.protocol]  # max_len / test_fraction unless given
+    a = argparse.Namespace(**{**vars(a), **{k: v for k, v in defaults.items() if getattr(a, k) is None}})
+    return prepare_taobao(
+        a.behaviors, a.out, _options(a), protocol=a.protocol, history=a.behaviors_as_history,
+        time_window=a.time_window, target_in_history=a.mimn_target_in_history, truncate=a.mimn_truncate,
+    )
+
+
+def _synthetic(a: argparse.Namespace) -> Schema:
+    world = dataclasses.replace(WorldConfig(), users=a.users, items=a.items, cates=a.cates, seed=a.seed)
+    opts = PrepareOptions(max_len=world.hist_max, test_fraction=a.test_fraction, seed=a.seed)
+    return prepare_synthetic(a.out, world, opts)
+
+
+def _add_common(
+    p: argparse.ArgumentParser,
+    *,
+    protocol: bool,
+    max_len: int | None = PrepareOptions.max_len,
+    test_fraction: float | None = PrepareOptions.test_fraction,
+) -> None:
+    """The shared options; a None default means 'the format's own default' (resolved by its leaf)."""
     d = PrepareOptions()
     p.add_argument("--out", required=True, help="output directory")
     if protocol:
@@ -82,14 +181,14 @@ def _add_common(p: argparse.ArgumentParser, *, protocol: bool) -> None:
             default=d.protocol,
             help="last: each user's last event (DIEN, default); all: every event after the first",
         )
-    p.add_argument("--max-len", type=int, default=d.max_len, help="most recent history positions kept")
+    p.add_argument("--max-len", type=int, default=max_len, help="most recent history positions kept")
     p.add_argument(
         "--test-max-len",
         type=int,
         default=d.test_max_len,
         help="history positions kept in test (default: --max-len)",
     )
-    p.add_argument("--test-fraction", type=float, default=d.test_fraction, help="per-user test probability")
+    p.add_argument("--test-fraction", type=float, default=test_fraction, help="fraction of users in test")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--skip-bad-rows", action="store_true", help="skip and count malformed lines")
 

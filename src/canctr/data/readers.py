@@ -12,6 +12,9 @@ Formats (see /work/shared/data/README.md and can-paper.md §3.2):
     sequences        `uid item_1 ... item_n` (time order); optional `uid items<TAB>gaps` times file
     item attributes  JSON {item: [attr ids]}
     DIEN samples     `label<TAB>uid<TAB>mid<TAB>cat<TAB>mid_hist<TAB>cat_hist`, history joined by \\x02
+    MovieLens-1M     ratings.dat `UserID::MovieID::Rating::Timestamp`, movies.dat `MovieID::Title::Genres`
+                     (Latin-1, genres joined by |), users.dat `UserID::Gender::Age::Occupation::Zip-code`
+    Taobao           UserBehavior.csv `user,item,category,behavior,timestamp`, no header
     DIEN reviews-info / item-info, and DIEN's Python-2 `*_voc.pkl` dicts (read without any globals)
 """
 
@@ -78,6 +81,8 @@ class Interactions:
     users: Interner
     items: Interner
     skipped_rows: dict[str, int] = field(default_factory=dict)
+    rating: np.ndarray | None = None  # [E] int8 MovieLens rating (1..5)
+    behavior: np.ndarray | None = None  # [E] int8 Taobao behaviour, an index into TAOBAO_BEHAVIORS
 
 
 @dataclass
@@ -140,8 +145,11 @@ def read_bytes(path: str | os.PathLike) -> bytes:
 class _Rows:
     """Iterates a file's non-blank decoded lines and applies the bad-row policy to `_RowError`s."""
 
-    def __init__(self, path: str | os.PathLike, skip_bad_rows: bool, skipped: dict[str, int]) -> None:
+    def __init__(
+        self, path: str | os.PathLike, skip_bad_rows: bool, skipped: dict[str, int], encoding: str = "utf-8"
+    ) -> None:
         self.path, self.skip, self.skipped = Path(path), skip_bad_rows, skipped
+        self.encoding = encoding
         self.good = 0
 
     def bad(self, lineno: int, problem: str) -> None:
@@ -152,9 +160,9 @@ class _Rows:
     def lines(self) -> Iterator[tuple[int, str]]:
         for lineno, raw in iter_lines(self.path):
             try:
-                text = raw.decode("utf-8")
+                text = raw.decode(self.encoding)
             except UnicodeDecodeError as e:
-                self.bad(lineno, f"not UTF-8 text ({e.reason} at byte {e.start})")
+                self.bad(lineno, f"not {self.encoding.upper()} text ({e.reason} at byte {e.start})")
                 continue
             if text.strip():
                 yield lineno, text
@@ -501,3 +509,173 @@ def read_vocab_pickle(path: str | os.PathLike) -> dict[str, int]:
     ):
         raise DataFormatError(path, "expected a pickled dict of str -> int")
     return obj
+
+
+# ------------------------------------------------------------------------------------------ MovieLens
+
+# what a line with this many '::' fields probably is, for the error hint
+_ML_FILES = {
+    3: "movies.dat (MovieID::Title::Genres)",
+    4: "ratings.dat (UserID::MovieID::Rating::Timestamp)",
+    5: "users.dat (UserID::Gender::Age::Occupation::Zip-code)",
+}
+
+
+def _ml_fields(text: str, n: int) -> list[str]:
+    f = text.split("::")
+    if len(f) != n:
+        looks = _ML_FILES.get(len(f))
+        hint = f"; this looks like {looks}: are the files swapped?" if looks else ""
+        if len(f) == 1 and ("\t" in text or "," in text):
+            hint = "; MovieLens-1M .dat files are '::'-separated (this is another release's format?)"
+        raise _RowError(f"expected {n} '::'-separated fields, got {len(f)}{hint}")
+    return f
+
+
+def read_movielens_ratings(path: str | os.PathLike, *, skip_bad_rows: bool = False) -> Interactions:
+    """MovieLens-1M `ratings.dat[.gz]`: one event per rating, with the rating in `Interactions.rating`."""
+    users, items = Interner(), Interner()
+    u, i, t, r = array("q"), array("q"), array("q"), array("b")
+    skipped: dict[str, int] = {}
+    rows = _Rows(path, skip_bad_rows, skipped)
+    for lineno, text in rows.lines():
+        try:
+            f = _ml_fields(text, 4)
+            uid, mid = _int_token(f[0], "UserID"), _int_token(f[1], "MovieID")
+            rating, ts = _int_token(f[2], "Rating"), _int_token(f[3], "Timestamp")
+            if not 1 <= rating <= 5:
+                raise _RowError(f"Rating {rating} is outside 1..5")
+        except _RowError as e:
+            rows.bad(lineno, str(e))
+            continue
+        u.append(users(str(uid)))
+        i.append(items(str(mid)))
+        t.append(ts)
+        r.append(rating)
+        rows.good += 1
+    rows.finish()
+    rating_arr = np.frombuffer(r, np.int8).copy() if len(r) else np.zeros(0, np.int8)
+    return Interactions(_codes(u), _codes(i), _codes(t), users, items, skipped, rating=rating_arr)
+
+
+def read_movielens_movies(
+    path: str | os.PathLike, *, skip_bad_rows: bool = False, skipped: dict[str, int]
+) -> dict[str, list[str]]:
+    """MovieLens-1M `movies.dat` (Latin-1: titles have accents) -> {MovieID: [genres in file order]}."""
+    out: dict[str, list[str]] = {}
+    rows = _Rows(path, skip_bad_rows, skipped, encoding="latin-1")
+    for lineno, text in rows.lines():
+        try:
+            f = _ml_fields(text, 3)
+            mid = str(_int_token(f[0], "MovieID"))
+            genres = f[2].split("|")
+            if not all(g.strip() for g in genres):
+                raise _RowError(f"Genres {f[2]!r} has an empty genre")
+            if mid in out:
+                raise _RowError(f"MovieID {mid} appears twice")
+        except _RowError as e:
+            rows.bad(lineno, str(e))
+            continue
+        out[mid] = genres
+        rows.good += 1
+    rows.finish()
+    return out
+
+
+def read_movielens_users(
+    path: str | os.PathLike, *, skip_bad_rows: bool = False, skipped: dict[str, int]
+) -> dict[str, tuple[str, str, str]]:
+    """MovieLens-1M `users.dat` -> {UserID: (gender, age bucket, occupation)} as raw strings."""
+    out: dict[str, tuple[str, str, str]] = {}
+    rows = _Rows(path, skip_bad_rows, skipped, encoding="latin-1")
+    for lineno, text in rows.lines():
+        try:
+            f = _ml_fields(text, 5)
+            uid = str(_int_token(f[0], "UserID"))
+            if f[1] not in ("M", "F"):
+                raise _RowError(f"Gender must be M or F, got {f[1]!r}")
+            age, occupation = _int_token(f[2], "Age"), _int_token(f[3], "Occupation")
+            if uid in out:
+                raise _RowError(f"UserID {uid} appears twice")
+        except _RowError as e:
+            rows.bad(lineno, str(e))
+            continue
+        out[uid] = (f[1], str(age), str(occupation))
+        rows.good += 1
+    rows.finish()
+    return out
+
+
+# --------------------------------------------------------------------------------- Taobao UserBehavior
+
+TAOBAO_BEHAVIORS = ("pv", "buy", "cart", "fav")  # behavior codes 0..3; pv = click (Tianchi's description)
+# [2017-11-25 00:00, 2017-12-04 00:00) China Standard Time (UTC+8): the dataset's documented 9 days
+TAOBAO_WINDOW = (1_511_539_200, 1_512_316_800)
+
+
+@dataclass
+class TaobaoLog:
+    """UserBehavior rows kept by `read_taobao`: the events (with behaviour codes) and item categories."""
+
+    log: Interactions
+    cate_of: dict[int, str]  # item code -> category id of its first row
+    category_conflicts: int  # rows whose category differs from their item's first one
+    outside_window: int  # rows outside the time window (dropped, or kept when no window was given)
+    outside_range: tuple[int, int] | None  # (min, max) timestamp of those rows
+
+
+def read_taobao(
+    path: str | os.PathLike, *, time_window: tuple[int, int] | None, skip_bad_rows: bool = False
+) -> TaobaoLog:
+    """Tianchi `UserBehavior.csv[.gz]`. Rows with a timestamp outside [start, end) of `time_window` are
+    dropped before interning and counted (never silently); with `time_window=None` they are kept and
+    still counted against the official window `TAOBAO_WINDOW`."""
+    window = time_window or TAOBAO_WINDOW
+    users, items = Interner(), Interner()
+    u, i, t, b = array("q"), array("q"), array("q"), array("b")
+    cate_of: dict[int, str] = {}
+    conflicts, outside, lo, hi = 0, 0, None, None
+    behavior_code = {name: k for k, name in enumerate(TAOBAO_BEHAVIORS)}
+    skipped: dict[str, int] = {}
+    rows = _Rows(path, skip_bad_rows, skipped)
+    for lineno, text in rows.lines():
+        f = text.split(",")
+        try:
+            if len(f) != 5:
+                raise _RowError(
+                    f"expected 5 comma-separated fields (user,item,category,behavior,timestamp), got {len(f)}"
+                )
+            if lineno == 1 and not f[0].isdigit():
+                raise _RowError(
+                    f"user id {f[0]!r} is not an integer (a header line? UserBehavior.csv has none)"
+                )
+            for tok, what in zip(f[:3], ("user id", "item id", "category id"), strict=True):
+                _int_token(tok, what)
+            code = behavior_code.get(f[3])
+            if code is None:
+                raise _RowError(f"behavior {f[3]!r} is not one of {', '.join(TAOBAO_BEHAVIORS)}")
+            ts = _int_token(f[4], "timestamp")
+        except _RowError as e:
+            rows.bad(lineno, str(e))
+            continue
+        rows.good += 1
+        if not window[0] <= ts < window[1]:
+            outside += 1
+            lo, hi = min(ts, lo if lo is not None else ts), max(ts, hi if hi is not None else ts)
+            if time_window is not None:
+                continue
+        item = items(f[1])
+        known = cate_of.setdefault(item, f[2])
+        conflicts += known != f[2]
+        u.append(users(f[0]))
+        i.append(item)
+        t.append(ts)
+        b.append(code)
+    rows.finish()
+    if not len(u):
+        raise DataFormatError(path, f"no rows inside the time window {window} ({outside} outside)")
+    log = Interactions(
+        _codes(u), _codes(i), _codes(t), users, items, skipped, behavior=np.frombuffer(b, np.int8).copy()
+    )
+    return TaobaoLog(log, cate_of, conflicts, outside, None if lo is None else (lo, hi))
+

@@ -46,6 +46,16 @@ ARRAY_SPECS: dict[str, tuple[np.dtype, int, bool]] = {
     # Cartesian-product ids of (target, history element) pairs seen in training; 0 = unseen pair
     "hist_item_pair": (np.dtype(np.int32), 2, True),
     "hist_cate_pair": (np.dtype(np.int32), 2, True),
+    # optional (written only by the pipelines that have them; models must work without them):
+    # user attributes (MovieLens users.dat), indices into vocab/<name>.json, sizes in schema.feature_vocab
+    "user_gender": (np.dtype(np.int32), 1, False),
+    "user_age": (np.dtype(np.int32), 1, False),
+    "user_occupation": (np.dtype(np.int32), 1, False),
+    # [N, G] every category of the target item in cate indices (column 0 = `cate`), 0-padded
+    # (MovieLens --genres multi); vocab/item_cates.npy [n_item, G] gives the same for any item index
+    "item_cates": (np.dtype(np.int32), 2, False),
+    # Bayes-optimal click probability of the sample (synthetic worlds only; never a model input)
+    "true_prob": (np.dtype(np.float32), 1, False),
 }
 
 
@@ -54,7 +64,7 @@ class Schema:
     """Everything a model or trainer needs to know about a prepared dataset."""
 
     dataset: str  # e.g. "amazon:reviews_Beauty_5", "sequences:Beauty", "dien:books"
-    protocol: str  # "last" | "all"
+    protocol: str  # "last" | "all" (event logs), "ratings" (MovieLens), "mimn" (Taobao), "synthetic"
     seed: int
     max_len: int  # history width of the training split
     n_user: int  # vocab sizes including index 0
@@ -67,6 +77,7 @@ class Schema:
     counts: dict[str, Any] = field(default_factory=dict)  # users, items, oov counts, positive rate ...
     options: dict[str, Any] = field(default_factory=dict)  # pipeline options used
     format_version: int = FORMAT_VERSION
+    feature_vocab: dict[str, int] = field(default_factory=dict)  # optional array -> its vocab size (incl. 0)
 
     def vocab_sizes(self) -> dict[str, int]:
         return {

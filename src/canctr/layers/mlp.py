@@ -120,6 +120,8 @@ class MLP(nn.Module):
 
     With the defaults this is the official `build_fcn_net`: BN(inference) -> 200 -> PReLU -> 80 -> PReLU
     -> 1. `out_bias=False` drops the output bias where it is redundant (scores fed to a softmax).
+    `late_dim` > 0 widens the output layer for features that skip the hidden layers and join the last
+    hidden activation (NCF's GMF vector, DCN-V2's parallel cross network): `forward(x, late)`.
     """
 
     def __init__(
@@ -131,6 +133,7 @@ class MLP(nn.Module):
         norm: Norm = "affine",
         out_dim: int = 1,
         out_bias: bool = True,
+        late_dim: int = 0,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = [make_norm(norm, in_dim)]
@@ -138,8 +141,16 @@ class MLP(nn.Module):
         for width in hidden:
             layers += [glorot_linear(dim, width), make_activation(activation, width)]
             dim = width
-        layers.append(glorot_linear(dim, out_dim, bias=out_bias))
+        layers.append(glorot_linear(dim + late_dim, out_dim, bias=out_bias))
         self.net = nn.Sequential(*layers)
+        self.late_dim = late_dim
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+    def forward(self, x: Tensor, late: Tensor | None = None) -> Tensor:
+        """x [..., in_dim], late [..., late_dim] (required iff late_dim > 0) -> [..., out_dim]."""
+        if (late is None) != (self.late_dim == 0) or (late is not None and late.shape[-1] != self.late_dim):
+            got = None if late is None else tuple(late.shape)
+            raise ValueError(f"MLP built with late_dim={self.late_dim} got late features {got}")
+        if late is None:
+            return self.net(x)
+        hidden = self.net[:-1](x)  # norm and hidden layers
+        return self.net[-1](torch.cat([hidden, late], dim=-1))

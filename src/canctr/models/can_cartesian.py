@@ -31,6 +31,6 @@ class CANCartesianConfig(DNNConfig):
 class CANCartesian(DNN):
     def cross_features(self, schema: Schema, config: CANCartesianConfig) -> list[nn.Module]:
         return [
-            CoActionFeatures(schema, config.coaction, config.init),
+            CoActionFeatures(schema, config.coaction, config.init, representation=self.embed),
             CartesianFeatures(schema, config.embed_dim, config.init),
         ]

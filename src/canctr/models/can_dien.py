@@ -31,4 +31,4 @@ class CANDIENConfig(DIENConfig):
 )
 class CANDIEN(DIEN):
     def cross_features(self, schema: Schema, config: CANDIENConfig) -> list[nn.Module]:
-        return [CoActionFeatures(schema, config.coaction, config.init)]
+        return [CoActionFeatures(schema, config.coaction, config.init, representation=self.embed)]

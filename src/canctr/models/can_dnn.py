@@ -8,7 +8,8 @@ independence); other independence levels are off, as in the paper's public-data 
 Follows the official code (`gen_coaction`, "CAN config"): no micro-MLP biases, tanh on all but the last
 layer, orders 1..3 concatenated (36 dims per pair, the paper's eq. 11 sums them), every layer's output
 concatenated (WSDM eq. 9), per-element unit then masked sum over the history, glorot init. Each of these
-is a `coaction.*` option (see `CoActionConfig`) for the paper's variants. The DNN part is masked (see dnn.py).
+is a `coaction.*` option (see `CoActionConfig`) for the paper's variants, as are the pairs, the induction
+side and the independence levels (see `CoActionFeaturesConfig`). The DNN part is masked (see dnn.py).
 """
 
 from __future__ import annotations
@@ -36,4 +37,4 @@ class CANDNNConfig(DNNConfig):
 )
 class CANDNN(DNN):
     def cross_features(self, schema: Schema, config: CANDNNConfig) -> list[nn.Module]:
-        return [CoActionFeatures(schema, config.coaction, config.init)]
+        return [CoActionFeatures(schema, config.coaction, config.init, representation=self.embed)]

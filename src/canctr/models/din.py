@@ -9,6 +9,8 @@ Follows the official code in: the inputs, the sigmoid activation unit, Dice in t
 softmax-normalised scores (`attention_softmax=True`; the DIN paper uses raw scores: set it False).
 Deviations: history sums are masked (see dnn.py), and Dice uses running statistics in eval mode (see
 layers/mlp.py), so outputs never depend on padding or batch-mates at evaluation.
+
+`cross_features` is the extension point CAN-DIN uses.
 """
 
 from __future__ import annotations
@@ -45,10 +47,18 @@ class DIN(nn.Module):
         self.embed = BehaviourEmbeddings(schema, config.embed_dim, config.init)
         d = self.embed.item_dim
         self.attention = TargetAttention(d, softmax=config.attention_softmax)
-        self.mlp = head(config, self.embed.user_dim + 4 * d)  # 18 + 4 * 36 = 162
+        self.cross = nn.ModuleList(self.cross_features(schema, config))
+        base_dim = self.embed.user_dim + 4 * d  # 18 + 4 * 36 = 162
+        self.mlp = head(config, base_dim + sum(f.out_dim for f in self.cross))
+
+    def cross_features(self, schema: Schema, config: DINConfig) -> list[nn.Module]:
+        """Modules batch -> [B, out_dim] appended to the MLP input; none for the plain DIN."""
+        return []
 
     def forward(self, batch: Batch) -> ModelOutput:
         e = self.embed(batch)
         _, interest = self.attention(e.target, e.hist, e.mask)  # [B, 2E]
-        x = torch.cat([e.user, e.target, e.hist_sum, e.target * e.hist_sum, interest], dim=-1)
+        x = torch.cat(
+            [e.user, e.target, e.hist_sum, e.target * e.hist_sum, interest, *(f(batch) for f in self.cross)], dim=-1
+        )
         return ModelOutput(logits=self.mlp(x).squeeze(-1))

@@ -17,11 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from canctr.data.batch import Batch
 from canctr.data.schema import Schema
-from canctr.models._common import BackboneConfig, BehaviourEmbeddings, head
+from canctr.models._common import BackboneConfig, BehaviourEmbeddings, Embedded, head
 from canctr.models.base import ModelOutput
 from canctr.models.registry import register_model
 
@@ -50,6 +50,9 @@ class DNN(nn.Module):
         return []
 
     def forward(self, batch: Batch) -> ModelOutput:
-        e = self.embed(batch)
+        return ModelOutput(logits=self.dnn_logit(batch, self.embed(batch)))
+
+    def dnn_logit(self, batch: Batch, e: Embedded) -> Tensor:
+        """The MLP's logit [B]; models that add terms to it (DeepFM, xDeepFM, Wide&Deep) reuse `e`."""
         x = torch.cat([e.user, e.target, e.hist_sum, *(f(batch) for f in self.cross)], dim=-1)
-        return ModelOutput(logits=self.mlp(x).squeeze(-1))
+        return self.mlp(x).squeeze(-1)

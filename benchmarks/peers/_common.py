@@ -1,0 +1,112 @@
+"""What every worker shares: arguments, the matched settings, data loading, thread count, timing, output.
+
+Imported by worker_*.py, which run in the peers' own venvs: numpy and torch only, never canctr.
+
+Timing is taken the same way in every library, without touching its training loop: a global optimizer
+step post-hook (torch.optim.optimizer.register_optimizer_step_post_hook) stamps the end of every training
+step. Steady throughput = samples in steps W+1..n / (stamp[n] - stamp[W]), W = --warmup-batches; each of
+those steps includes fetching its batch (the library's own loader), forward, backward and the update.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+RESULT_TAG = "PEER_RESULT "  # prefix of the one result line a worker prints to stdout
+
+# canctr's defaults for DIN/DIEN (src/canctr/models/{_common,din,dien}.py, layers/attention.py); the
+# canctr worker reports its own config and compare_peers.py checks it against these.
+EMBED_DIM = 18  # user / item / cate; histories share the item / cate tables
+MLP_DIMS = (200, 80)  # then one output unit
+ATTENTION_DIMS = (80, 40)  # DIN activation unit (then one output unit)
+GRU_HIDDEN = 36  # DIEN extractor and AUGRU hidden size
+AUX_WEIGHT = 1.0  # DIEN auxiliary-loss weight
+LR = 1e-3  # Adam, no weight decay, no regularisation
+
+FIELDS = ("label", "user", "item", "cate", "hist_item", "hist_cate", "hist_len", "neg_hist_item", "neg_hist_cate")
+
+
+def parse_args(description: str) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--data", required=True, help="canctr prepared directory (train/, test/, schema.json)")
+    ap.add_argument("--model", required=True, help="din | dien (canctr also: can-dien)")
+    ap.add_argument("--batch-size", type=int, required=True)
+    ap.add_argument("--eval-batch-size", type=int, default=1024)
+    ap.add_argument("--threads", type=int, required=True)
+    ap.add_argument("--warmup-batches", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=3)
+    return ap.parse_args()
+
+
+def set_threads(n: int) -> None:
+    torch.set_num_threads(n)
+
+
+def load_split(data: str | Path, split: str) -> dict[str, np.ndarray]:
+    """The arrays of one split as stored (int32 ids, float32 label); histories [N, L] left-aligned."""
+    d = Path(data) / split
+    arrays = {name: np.load(d / f"{name}.npy", allow_pickle=False) for name in FIELDS}
+    n = {name: a.shape[0] for name, a in arrays.items()}
+    if len(set(n.values())) != 1:
+        raise ValueError(f"{d}: row counts differ between arrays: {n}")
+    return arrays
+
+
+def vocab_sizes(data: str | Path) -> dict[str, int]:
+    """{user, item, cate} -> vocabulary size including index 0 (padding / unknown)."""
+    schema = json.loads((Path(data) / "schema.json").read_text())
+    return {"user": schema["n_user"], "item": schema["n_item"], "cate": schema["n_cate"]}
+
+
+class StepClock:
+    """Stamps the end of every optimizer step in this process (any optimizer, any library)."""
+
+    def __init__(self) -> None:
+        self.stamps: list[float] = []
+        self._handle = register_optimizer_step_post_hook(lambda *_: self.stamps.append(time.perf_counter()))
+
+    def close(self) -> None:
+        self._handle.remove()
+
+    def summary(self, n_samples: int, batch_size: int, warmup: int, t_call: float) -> dict[str, float]:
+        """Throughput of one epoch of n_samples in batches of batch_size (only the last may be partial).
+
+        t_call: time just before the library's train call; the whole-epoch figure runs from there, so it
+        includes whatever the call does before its first step (deepctr-torch: building its TensorDataset).
+        """
+        n_steps = math.ceil(n_samples / batch_size)
+        if len(self.stamps) != n_steps:
+            raise RuntimeError(f"expected {n_steps} optimizer steps for {n_samples} samples, saw {len(self.stamps)}")
+        if n_steps <= warmup:
+            raise ValueError(f"{n_steps} training steps leave none after {warmup} warm-up batches")
+        steady_seconds = self.stamps[-1] - self.stamps[warmup - 1] if warmup else self.stamps[-1] - t_call
+        epoch_seconds = self.stamps[-1] - t_call
+        return {
+            "train_seconds": epoch_seconds,
+            "epoch_samples_per_second": n_samples / epoch_seconds,
+            "samples_per_second": (n_samples - warmup * batch_size) / steady_seconds,
+            "warmup_batches": warmup,
+        }
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def emit(result: dict) -> None:
+    result = {**result, "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "peak_rss_mb": round(peak_rss_mb(), 1)}
+    print(RESULT_TAG + json.dumps(result), flush=True)

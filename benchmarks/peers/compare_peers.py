@@ -1,0 +1,343 @@
+"""canctr vs the maintained PyTorch peers that implement DIN and DIEN (deepctr-torch, torch-rechub), on the
+very same prepared data (canctr's encoded .npy format).
+
+    python benchmarks/peers/compare_peers.py setup                 # one venv per peer under /tmp
+    python benchmarks/peers/compare_peers.py run --data DIR --repeats 3
+
+Each peer lives in its own virtual environment (never a canctr dependency) and runs as a subprocess of
+that venv's python executing worker_<peer>.py, which reads DIR/{train,test}/*.npy with numpy only. The canctr
+side runs worker_canctr.py (canctr.train.loop.fit) with this interpreter. Runs alternate library by library
+(canctr, deepctr, rechub, canctr, ...), with the repeats as the outer loop, so machine noise hits all alike;
+every run gets the same thread count. Results: OUT.json (every run + medians) and OUT.md (the tables).
+README.md beside this file has the commands and the settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from canctr.data.batch import load_split
+from canctr.data.schema import Schema, save_split
+from canctr.env import cpu_model
+
+import _common as c  # benchmarks/peers/_common.py: settings and the result line shared with the workers
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+TORCH = "torch==2.13.0"
+
+
+@dataclass(frozen=True)
+class Peer:
+    name: str  # library name as reported in results
+    venv_name: str  # default venv: /tmp/venv-<venv_name>
+    packages: tuple[str, ...]  # pip requirements installed after torch, under a torch pin
+    module: str  # import name, to check an existing venv
+    worker: str  # worker script in this directory
+
+    def venv(self, args: argparse.Namespace) -> Path:
+        override = getattr(args, f"venv_{self.venv_name}", None)
+        return Path(override) if override else Path(args.venv_root) / f"venv-{self.venv_name}"
+
+
+PEERS = (
+    # deepctr-torch imports `requests` (version check) without declaring it
+    Peer("deepctr-torch", "deepctr", ("deepctr-torch==0.3.0", "requests"), "deepctr_torch", "worker_deepctr.py"),
+    Peer("torch-rechub", "rechub", ("torch-rechub==0.9.0",), "torch_rechub", "worker_rechub.py"),
+)
+MODELS = ("din", "dien")  # what every library runs (same names in canctr's registry); canctr adds can-dien
+
+
+# ------------------------------------------------------------------------------------------------ setup
+def sh(cmd: list[str], dry_run: bool) -> None:
+    print("+", shlex.join(cmd), flush=True)
+    if not dry_run:
+        subprocess.run(cmd, check=True)
+
+
+def installed(python: Path, peer: Peer) -> bool:
+    if not python.exists():
+        return False
+    check = f"import torch, {peer.module}; print(torch.__version__)"
+    r = subprocess.run([str(python), "-c", check], capture_output=True, text=True, check=False)
+    return r.returncode == 0 and r.stdout.strip().startswith(TORCH.split("==")[1])
+
+
+def setup(args: argparse.Namespace) -> int:
+    """Create each peer's venv: torch first, then the peer under a torch pin (dependencies.md recipe)."""
+    for peer in PEERS:
+        venv = peer.venv(args)
+        python = venv / "bin" / "python"
+        if installed(python, peer) and not args.force:
+            print(f"{peer.name}: {venv} is ready (use --force to reinstall)")
+            continue
+        pin = venv / "pin.txt"
+        sh([sys.executable, "-m", "venv", str(venv)], args.dry_run)
+        if not args.dry_run:
+            pin.write_text(TORCH + "\n")
+        print(f"+ echo {TORCH} > {pin}")
+        sh([str(python), "-m", "pip", "install", TORCH], args.dry_run)
+        sh([str(python), "-m", "pip", "install", "-c", str(pin), *peer.packages], args.dry_run)
+        if not args.dry_run and not installed(python, peer):
+            raise SystemExit(f"{peer.name}: {venv} does not import {peer.module} with {TORCH} after install")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ run
+@dataclass(frozen=True)
+class Job:
+    library: str
+    model: str
+    batch_size: int
+    repeat: int
+    python: Path
+    worker: str
+
+    @property
+    def tag(self) -> str:
+        return f"{self.library}_{self.model}_b{self.batch_size}_r{self.repeat}"
+
+
+def sliced_data(data: Path, max_train: int | None, work: Path) -> Path:
+    """`data` itself, or a copy holding its first `max_train` training rows (test split whole), so every
+    library trains on exactly the same rows."""
+    schema = Schema.load(data)
+    if max_train is None or max_train >= schema.splits["train"]:
+        return data
+    out = work / f"data_train{max_train}"
+    for split in ("train", "test"):
+        arrays = load_split(data, split, mmap=True)
+        save_split(out, split, {k: np.asarray(a[:max_train] if split == "train" else a) for k, a in arrays.items()})
+    schema.splits = {**schema.splits, "train": max_train}
+    schema.options = {**schema.options, "peers_max_train_samples": max_train, "peers_sliced_from": str(data)}
+    schema.save(out / "schema.json")
+    return out
+
+
+def peer_version(python: Path, dist: str) -> str:
+    if not python.exists():
+        raise SystemExit(f"{python} does not exist; run `python {Path(__file__).relative_to(ROOT)} setup` "
+                         "(or pass --venv-root / --venv-<peer>)")
+    code = f"import importlib.metadata as m; print(m.version({dist!r}), '(torch', m.version('torch') + ')')"
+    r = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        raise SystemExit(f"{python}: cannot read the {dist} version ({r.stderr.strip()[-300:]}); "
+                         f"run `python {Path(__file__).relative_to(ROOT)} setup` first")
+    return r.stdout.strip()
+
+
+def run_job(job: Job, args: argparse.Namespace, data: Path, logs: Path) -> dict:
+    cmd = [str(job.python), str(HERE / job.worker), "--data", str(data), "--model", job.model,
+           "--batch-size", str(job.batch_size), "--threads", str(args.threads),
+           "--warmup-batches", str(args.warmup_batches), "--seed", str(args.seed)]
+    # one thread count for every library, including the BLAS/OpenMP pools torch may start; no progress bars
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
+           "TQDM_DISABLE": "1"}
+    load_before = os.getloadavg()[0]
+    print(f"[{job.tag}] {shlex.join(cmd)}", flush=True)
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout, check=False)
+    log = logs / f"{job.tag}.log"
+    log.write_text(f"$ {shlex.join(cmd)}\n--- stdout\n{r.stdout}\n--- stderr\n{r.stderr}")
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith(c.RESULT_TAG)]
+    if r.returncode != 0 or not lines:
+        tail = "\n".join((r.stdout + r.stderr).splitlines()[-15:])
+        raise SystemExit(f"[{job.tag}] failed (exit {r.returncode}); full log {log}:\n{tail}")
+    result = json.loads(lines[-1][len(c.RESULT_TAG):])
+    result.update(repeat=job.repeat, wall_seconds=time.perf_counter() - t0, load_before=load_before,
+                  load_after=os.getloadavg()[0], log=str(log))
+    print(f"[{job.tag}] {result['samples_per_second']:,.0f} samples/s (steady), "
+          f"{result['epoch_samples_per_second']:,.0f} (epoch), AUC {result['test_auc']:.4f}, "
+          f"{result['n_params']:,} params, load {load_before:.1f}", flush=True)
+    return result
+
+
+def check_settings(results: list[dict]) -> None:
+    """The peers' workers hard-code canctr's defaults (_common); fail if canctr's defaults moved."""
+    want = {"embed_dim": c.EMBED_DIM, "mlp": list(c.MLP_DIMS), "hidden_dim": c.GRU_HIDDEN, "aux_weight": c.AUX_WEIGHT}
+    for r in results:
+        if r["library"] != "canctr" or r["model"] not in MODELS:
+            continue
+        got = r["settings"]
+        bad = {k: (got[k], v) for k, v in want.items() if k in got and got[k] != v}
+        if r["lr"] != c.LR:
+            bad["lr"] = (r["lr"], c.LR)
+        if bad:
+            raise SystemExit(f"canctr {r['model']} defaults differ from the peers' settings in _common.py "
+                             f"(canctr, peers): {bad}; update _common.py so the comparison stays matched")
+
+
+MEDIANS = ("samples_per_second", "epoch_samples_per_second", "test_auc", "peak_rss_mb")
+
+
+def summarise(results: list[dict]) -> dict:
+    cells: dict[tuple[str, str, int], list[dict]] = {}
+    for r in results:
+        cells.setdefault((r["library"], r["model"], r["batch_size"]), []).append(r)
+    rows = []
+    for (lib, model, b), rs in cells.items():
+        med = {k: statistics.median(x[k] for x in rs) for k in MEDIANS}
+        rows.append({"library": lib, "model": model, "batch_size": b, "runs": len(rs), **med,
+                     "samples_per_second_all": [x["samples_per_second"] for x in rs], "n_params": rs[0]["n_params"]})
+    sps = {(r["library"], r["model"], r["batch_size"]): r["samples_per_second"] for r in rows}
+    ratios = []
+    for (lib, model, b), v in sps.items():
+        if lib != "canctr" or model not in MODELS:
+            continue
+        peers = {p.name: sps[(p.name, model, b)] for p in PEERS if (p.name, model, b) in sps}
+        if peers:
+            fastest = max(peers, key=peers.get)
+            ratios.append({"model": model, "batch_size": b, **{f"vs_{k}": v / s for k, s in peers.items()},
+                           "faster_peer": fastest, "vs_faster_peer": v / peers[fastest]})
+    can_dien = [{"batch_size": b, "dien_samples_per_second": sps[("canctr", "dien", b)],
+                 "can_dien_samples_per_second": v,
+                 "step_time_ratio": sps[("canctr", "dien", b)] / v}  # time per sample, CAN-DIEN / DIEN
+                for (lib, model, b), v in sps.items() if lib == "canctr" and model == "can-dien"
+                and ("canctr", "dien", b) in sps]
+    return {"cells": rows, "ratios": ratios, "can_dien": can_dien}
+
+
+def markdown(report: dict) -> str:
+    m = report["meta"]
+    out = [
+        "# canctr vs peer libraries: DIN / DIEN training throughput on the same data",
+        "",
+        (f"Data `{m['data']}` ({m['train_samples']:,} train / {m['test_samples']:,} test samples, history width "
+         f"{m['history_width']}); {m['repeats']} alternating repeat(s); {m['threads']} threads per run; "
+         f"machine: {m['machine']}; {m['date']}."),
+        f"Versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}.",
+        "",
+        (f"samples/s = median steady training throughput: steps after the first {m['warmup_batches']} warm-up "
+         "batches, each step timed from the previous optimizer step to its own (batch fetch with the "
+         "library's loader + forward + backward + update). epoch = the whole epoch including the warm-up "
+         "(canctr: metrics.json's train_samples_per_second). AUC = global test AUC after 1 epoch."),
+        "",
+        "| model | batch | library | samples/s | epoch samples/s | test AUC | params | peak RSS MB | runs |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    order = {"canctr": 0, **{p.name: i + 1 for i, p in enumerate(PEERS)}}
+    models = {"din": 0, "dien": 1, "can-dien": 2}
+    cells = sorted(report["summary"]["cells"], key=lambda r: (models[r["model"]], r["batch_size"], order[r["library"]]))
+    for r in cells:
+        out.append(f"| {r['model']} | {r['batch_size']} | {r['library']} | {r['samples_per_second']:,.0f} | "
+                   f"{r['epoch_samples_per_second']:,.0f} | {r['test_auc']:.4f} | {r['n_params']:,} | "
+                   f"{r['peak_rss_mb']:,.0f} | {r['runs']} |")
+    if report["summary"]["ratios"]:
+        peers = [p.name for p in PEERS]
+        out += ["", "canctr's samples/s divided by each peer's (> 1: canctr is faster):", "",
+                "| model | batch | " + " | ".join(f"vs {p}" for p in peers) + " | vs the faster peer |",
+                "|---|---|" + "---|" * len(peers) + "---|"]
+        for r in sorted(report["summary"]["ratios"], key=lambda r: (models[r["model"]], r["batch_size"])):
+            cols = " | ".join(f"{r[f'vs_{p}']:.2f}x" if f"vs_{p}" in r else "n/a" for p in peers)
+            out.append(f"| {r['model']} | {r['batch_size']} | {cols} | {r['vs_faster_peer']:.2f}x "
+                       f"({r['faster_peer']}) |")
+    if report["summary"]["can_dien"]:
+        out += ["", "CAN-DIEN vs canctr DIEN (step time ratio = time per sample, CAN-DIEN / DIEN):", "",
+                "| batch | DIEN samples/s | CAN-DIEN samples/s | step time ratio |", "|---|---|---|---|"]
+        for r in sorted(report["summary"]["can_dien"], key=lambda r: r["batch_size"]):
+            out.append(f"| {r['batch_size']} | {r['dien_samples_per_second']:,.0f} | "
+                       f"{r['can_dien_samples_per_second']:,.0f} | {r['step_time_ratio']:.2f} |")
+    out += ["", "Settings and the differences that remain: benchmarks/peers/README.md.", ""]
+    return "\n".join(out)
+
+
+def run(args: argparse.Namespace) -> int:
+    data, work = Path(args.data), Path(args.work)
+    (work / "logs").mkdir(parents=True, exist_ok=True)
+    data = sliced_data(data, args.max_train_samples, work)
+    schema = Schema.load(data)
+    n_train = schema.splits["train"]
+    for b in args.batch_sizes:
+        if (steps := math.ceil(n_train / b)) <= args.warmup_batches:
+            raise SystemExit(f"batch {b}: {n_train} training samples give {steps} steps, not more than "
+                             f"--warmup-batches {args.warmup_batches}; use more samples or fewer warm-up batches")
+    libraries = {"canctr": (Path(sys.executable), "worker_canctr.py")}
+    versions = {"canctr": f"working tree (torch {torch.__version__})"}
+    for peer in PEERS:
+        if peer.name in args.libraries:
+            python = peer.venv(args) / "bin" / "python"
+            libraries[peer.name] = (python, peer.worker)
+            versions[peer.name] = peer_version(python, peer.packages[0].split("==")[0])
+    jobs = []
+    for repeat in range(args.repeats):  # repeats outermost: a slow spell of the machine hits every cell alike
+        for model in args.models:
+            for b in args.batch_sizes:
+                for lib in args.libraries:
+                    jobs.append(Job(lib, model, b, repeat, *libraries[lib]))
+                    if lib == "canctr" and model == "dien" and args.can_dien:
+                        jobs.append(Job(lib, "can-dien", b, repeat, *libraries[lib]))
+    print(f"{len(jobs)} runs on {data} ({n_train:,} train samples), {args.threads} threads each", flush=True)
+    results = []
+    for job in jobs:
+        results.append(run_job(job, args, data, work / "logs"))
+        check_settings(results[-1:])  # stop at the first canctr run if the matched settings drifted
+
+    test = load_split(data, "test", mmap=True)
+    report = {
+        "meta": {"data": str(data), "train_samples": n_train, "test_samples": int(test["label"].shape[0]),
+                 "history_width": int(test["hist_item"].shape[1]), "repeats": args.repeats,
+                 "threads": args.threads, "warmup_batches": args.warmup_batches, "seed": args.seed,
+                 "machine": f"{cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}",
+                 "date": time.strftime("%Y-%m-%d %H:%M"), "versions": versions,
+                 "command": shlex.join([sys.executable, *sys.argv])},
+        "summary": summarise(results),
+        "runs": results,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    md = markdown(report)
+    out.with_suffix(".md").write_text(md)
+    print(md)
+    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    venv = argparse.ArgumentParser(add_help=False)
+    venv.add_argument("--venv-root", default="/tmp", help="peers' venvs go to ROOT/venv-{deepctr,rechub}")
+    for peer in PEERS:
+        venv.add_argument(f"--venv-{peer.venv_name}", help=f"{peer.name} venv (overrides --venv-root)")
+
+    s = sub.add_parser("setup", parents=[venv], help="create the peers' venvs (idempotent)")
+    s.add_argument("--force", action="store_true", help="reinstall even if a venv already works")
+    s.add_argument("--dry-run", action="store_true", help="print the commands only")
+
+    r = sub.add_parser("run", parents=[venv], help="measure and write OUT.json + OUT.md")
+    r.add_argument("--data", required=True, help="a `canctr prepare` output directory")
+    r.add_argument("--out", default="runs/peers/compare", help="results path without suffix")
+    r.add_argument("--work", default="runs/peers", help="sliced data and per-run logs")
+    r.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    r.add_argument("--batch-sizes", nargs="+", type=int, default=[128, 1024])
+    r.add_argument("--libraries", nargs="+", default=["canctr", *(p.name for p in PEERS)],
+                   choices=["canctr", *(p.name for p in PEERS)])
+    r.add_argument("--can-dien", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time canctr's CAN-DIEN next to its DIEN (default on)")
+    r.add_argument("--repeats", type=int, default=3)
+    r.add_argument("--threads", type=int, default=2, help="torch / OpenMP / MKL threads of every run")
+    r.add_argument("--warmup-batches", type=int, default=5)
+    r.add_argument("--max-train-samples", type=int, help="train every library on the first N training rows")
+    r.add_argument("--seed", type=int, default=3)
+    r.add_argument("--timeout", type=float, help="seconds per run")
+    args = ap.parse_args()
+    return setup(args) if args.cmd == "setup" else run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""canctr DIN / DIEN / CAN-DIEN through the library (canctr.train.loop.fit), timed like the peers' workers.
+
+Runs in canctr's own environment. Everything is canctr's default except batch size and epochs (1); the run
+directory is temporary. train_seconds / epoch_samples_per_second are fit's own figures (metrics.json's
+train_seconds / train_samples_per_second: the whole epoch loop, first batches included); samples_per_second
+is the steady figure measured as in every other worker (_common.StepClock).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+
+import _common as c
+from canctr.models import make_config
+from canctr.train.loop import TrainConfig, fit
+
+
+def settings(model: str) -> dict:
+    """The model settings compare_peers.py checks against the peers' (_common's constants)."""
+    cfg = dataclasses.asdict(make_config(model))
+    keys = ("embed_dim", "mlp", "activation", "hidden_dim", "aux_weight")
+    return {k: list(cfg[k]) if isinstance(cfg[k], tuple) else cfg[k] for k in keys if k in cfg}
+
+
+def main() -> None:
+    args = c.parse_args(__doc__.split("\n")[0])
+    c.set_threads(args.threads)
+    with tempfile.TemporaryDirectory(prefix="canctr-peers-") as run_dir:
+        cfg = TrainConfig(data=args.data, model=args.model, out=run_dir, batch_size=args.batch_size, epochs=1,
+                          eval_batch_size=args.eval_batch_size, seed=args.seed, device="cpu", progress=False)
+        clock = c.StepClock()
+        t_call = time.perf_counter()
+        m = fit(cfg)
+        clock.close()
+    timing = clock.summary(m["train_samples"], args.batch_size, args.warmup_batches, t_call)
+    timing.update(train_seconds=m["train_seconds"], epoch_samples_per_second=m["train_samples_per_second"])
+    c.emit({"library": "canctr", "model": args.model, "batch_size": args.batch_size,
+            "train_samples": m["train_samples"], **timing, "test_auc": m["auc"], "n_params": m["n_params"],
+            "lr": cfg.lr, "settings": settings(args.model)})
+
+
+if __name__ == "__main__":
+    main()
