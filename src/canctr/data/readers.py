@@ -36,6 +36,11 @@ from pathlib import Path
 
 import numpy as np
 
+try:  # optional accelerator (a canctr dependency where wheels exist); json is the reference parser
+    import orjson as _orjson
+except ImportError:  # pragma: no cover
+    _orjson = None
+
 GZIP_MAGIC = b"\x1f\x8b"
 DEFAULT_CATE = "default_cat"  # DIEN's category for items without metadata
 
@@ -191,9 +196,19 @@ def _int_token(tok: str, what: str) -> int:
 # ------------------------------------------------------------------------------------ amazon (McAuley)
 
 
+def _fast_json(text: str):
+    """orjson when installed (4x json's speed on review lines); json decides, with its messages, otherwise."""
+    if _orjson is not None:
+        try:
+            return _orjson.loads(text)
+        except _orjson.JSONDecodeError:
+            pass  # json may still accept it (NaN, ...) or will name the problem
+    return json.loads(text)
+
+
 def _parse_review(text: str) -> tuple[str, str, int]:
     try:
-        obj = json.loads(text)
+        obj = _fast_json(text)
     except json.JSONDecodeError as e:
         hint = ""
         if text.lstrip().startswith("{'"):
