@@ -147,23 +147,35 @@ class BatchLoader:
             # keep the most recent max_len positions: shift long rows left so they stay left-aligned
             shift = np.clip(hist_len - max_len, 0, None)
             hist_len = np.minimum(hist_len, max_len)
+        hist: dict[str, np.ndarray] = {}
+        other: dict[str, np.ndarray] = {}
         for name, arr in arrays.items():
             if name not in BATCH_FIELDS:
                 continue  # stored for evaluation only (e.g. true_prob): never a model input
             a = np.asarray(arr)
-            if name in HIST_FIELDS and shift is not None:
-                cols = (np.arange(max_len)[None, :] + shift[:, None]).clip(max=width - 1)
-                a = np.take_along_axis(a, cols, axis=1)
-                a = np.where(np.arange(max_len)[None, :] < hist_len[:, None], a, 0)
-            if name == "hist_len":
-                a = hist_len
-            t = torch.from_numpy(np.ascontiguousarray(a))
-            if t.dtype == torch.int32:
-                t = t.long()  # embedding lookups want int64; converted once, not per batch
-            tensors[name] = t.to(self.device)
-        self.tensors = tensors
-        self.n = int(tensors["label"].shape[0])
-        self._hist_len_cpu = torch.from_numpy(hist_len)  # for length bucketing without device syncs
+            if name in HIST_FIELDS:
+                if shift is not None:
+                    cols = (np.arange(max_len)[None, :] + shift[:, None]).clip(max=width - 1)
+                    a = np.take_along_axis(a, cols, axis=1)
+                    a = np.where(np.arange(max_len)[None, :] < hist_len[:, None], a, 0)
+                hist[name] = a
+            else:
+                other[name] = hist_len if name == "hist_len" else a
+        # Packed storage, so a batch is 3-4 gathers instead of one per field: every history field in one
+        # [N, F, W] int64 tensor, every 1-D id field in one [N, K] int64 tensor (ids become int64 once here,
+        # not per batch), the rest (label, multi-valued side fields) as they are.
+        self._hist_names = tuple(hist)
+        self._hist = torch.from_numpy(np.stack([hist[k].astype(np.int64) for k in hist], axis=1)).to(self.device)
+        self._id_names = tuple(k for k, a in other.items() if a.ndim == 1 and np.issubdtype(a.dtype, np.integer))
+        self._ids = torch.from_numpy(np.stack([other[k].astype(np.int64) for k in self._id_names], axis=1))
+        self._ids = self._ids.to(self.device)
+        self._rest = {
+            k: torch.from_numpy(np.ascontiguousarray(a if a.dtype != np.int32 else a.astype(np.int64))).to(self.device)
+            for k, a in other.items()
+            if k not in self._id_names
+        }
+        self.n = int(hist_len.shape[0])
+        self._hist_len_cpu = torch.from_numpy(hist_len)  # batch widths and bucketing without device syncs
 
     def __len__(self) -> int:
         per_rank = self.n // self.world_size if self.world_size > 1 else self.n
@@ -172,7 +184,7 @@ class BatchLoader:
         return (per_rank + self.batch_size - 1) // self.batch_size
 
     def order(self, epoch: int) -> Tensor:
-        """This rank's sample indices for `epoch`: a function of (seed, epoch, rank, world_size) only."""
+        """This rank's sample indices for `epoch` (CPU): a function of (seed, epoch, rank, world_size) only."""
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             idx = torch.randperm(self.n, generator=g)
@@ -183,7 +195,7 @@ class BatchLoader:
         if self.world_size > 1:
             usable = (self.n // self.world_size) * self.world_size
             idx = idx[:usable][self.rank :: self.world_size]
-        return idx.to(self.device)
+        return idx
 
     def _bucketed(self, idx: Tensor, g: torch.Generator) -> Tensor:
         """Sort windows of the shuffled order by descending history length, then shuffle whole batches."""
@@ -196,25 +208,23 @@ class BatchLoader:
         return torch.cat([blocks[torch.randperm(n_full, generator=g)].reshape(-1), idx[n_full * self.batch_size :]])
 
     def batch(self, idx: Tensor) -> Batch:
-        """Gather rows `idx` and trim the history width to the longest history among them."""
-        t = self.tensors
-        hist_len = t["hist_len"].index_select(0, idx)
-        width = max(int(hist_len.max()) if idx.numel() else 0, 1)
-        out = {}
-        for name, full in t.items():
-            if name in HIST_FIELDS:
-                out[name] = full[:, :width].index_select(0, idx)
-            elif name == "hist_len":
-                out[name] = hist_len
-            else:
-                out[name] = full.index_select(0, idx)
+        """Gather rows `idx` (CPU indices) and trim the history width to the longest history among them."""
+        idx = idx.cpu()
+        width = max(int(self._hist_len_cpu[idx].max()) if idx.numel() else 0, 1)
+        return self._gather(idx.to(self.device, non_blocking=True), width)
+
+    def _gather(self, idx: Tensor, width: int) -> Batch:
+        hist = self._hist[:, :, :width].index_select(0, idx)  # [B, F, width]
+        ids = self._ids.index_select(0, idx)  # [B, K]
+        out = {name: hist[:, j] for j, name in enumerate(self._hist_names)}
+        out.update({name: ids[:, j] for j, name in enumerate(self._id_names)})
+        out.update({name: t.index_select(0, idx) for name, t in self._rest.items()})
         return Batch(**out)
 
     def iter_epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         """Batches of `epoch`, skipping the first `start_step` (exact mid-epoch resume)."""
         idx = self.order(epoch)
-        n_batches = len(self)
-        for step in range(start_step, n_batches):
+        for step in range(start_step, len(self)):
             sel = idx[step * self.batch_size : (step + 1) * self.batch_size]
             if sel.numel() == 0:
                 break
