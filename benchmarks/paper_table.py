@@ -20,20 +20,13 @@ from pathlib import Path
 import torch
 
 from canctr.env import machine_description
+from canctr.report.paper import AMAZON_BOOKS, paper_results
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "amazon_beauty"
 
-# WSDM'22 Table 3 / Table 2, Amazon (Books): mean AUC over 5 runs (can-paper.md section 5)
-PAPER_AMAZON = {
-    "dnn": "0.7640 ± 0.0007",
-    "cartesian": "0.7891 ± 0.0007",
-    "can-dnn": "0.7935 ± 0.0007",
-    "can-cartesian": "0.8054 ± 0.0007",
-    "dien": "0.8346 ± 0.0007",
-    "can-dien": "0.8468 ± 0.0008",
-    "din": "n/a (not in the CAN tables)",
-}
+# the paper's Amazon (Books) column (WSDM'22 Tables 2/3), shared with `canctr reproduce`
+PAPER_AMAZON = {name: f"{r.auc:.4f} ± {r.auc_std:.4f}" for name, r in paper_results(AMAZON_BOOKS).items()}
 
 
 def run(cmd: list[str]) -> None:
@@ -80,7 +73,7 @@ def main() -> int:
             agg[k + "_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
         agg["n_params"] = rs[0]["n_params"]
         agg["params_x_dnn"] = rs[0]["n_params"] / dnn_params if dnn_params else None
-        agg["paper_amazon_books_auc"] = PAPER_AMAZON.get(model, "n/a")
+        agg["paper_amazon_books_auc"] = PAPER_AMAZON.get(model, "n/a (not in the CAN tables)")
         summary.append(agg)
 
     machine = machine_description()
