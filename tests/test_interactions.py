@@ -231,10 +231,10 @@ def test_deepfm_combines_dnn_fm_lr(combine):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("use_linear", [False, True])
-def test_xdeepfm_is_dnn_plus_cin_logit(use_linear):
-    model = build("xdeepfm", use_linear=use_linear)
-    cin = model.cin_out(naive_cin_fast(model.cin, shared_ref_fields(model, BATCH))).squeeze(-1)
+@pytest.mark.parametrize("use_linear,pool", [(True, "mean"), (False, "mean"), (False, "sum")])
+def test_xdeepfm_is_dnn_plus_cin_logit(use_linear, pool):
+    model = build("xdeepfm", use_linear=use_linear, hist_pool=pool)
+    cin = model.cin_out(naive_cin_fast(model.cin, shared_ref_fields(model, BATCH, pool))).squeeze(-1)
     ref = dnn_twin(model)(BATCH).logits + cin
     if use_linear:
         ref = ref + ref_linear(model.linear, BATCH, ("item", "cate", "hist_item", "hist_cate"))
