@@ -102,6 +102,8 @@ def test_fit_writes_metrics_and_evaluate_reproduces(data_dir, tmp_path):
                 "seed", "dataset"):
         assert key in saved
     assert saved["train_samples"] == 2 * 512
+    logged = [c for c in saved["curves"] if "loss" in c]
+    assert logged and all(c["ctr_loss"] == pytest.approx(c["loss"]) for c in logged)  # dnn: no auxiliary term
     again = evaluate_run(tmp_path / "run", device="cpu")
     assert again["auc"] == pytest.approx(m["auc"], abs=1e-9)
     assert again["logloss"] == pytest.approx(m["logloss"], abs=1e-9)

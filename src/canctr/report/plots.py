@@ -121,14 +121,16 @@ def plot_curves(groups: dict[str, list[RunRecord]], colors: dict[str, Any], path
     """Left: training loss; right: held-out AUC; one line per model (mean over seeds, band = ±std)."""
     fig, (ax_loss, ax_auc) = plt.subplots(1, 2, figsize=(13, 4.8))
     for model, recs in groups.items():
-        for ax, key, marker in ((ax_loss, "loss", None), (ax_auc, "eval_auc", "o")):
+        # the CTR loss alone: DIEN's total also holds its auxiliary loss, which would put it on another scale
+        loss_key = "ctr_loss" if all(any("ctr_loss" in c for c in r.curves) for r in recs) else "loss"
+        for ax, key, marker in ((ax_loss, loss_key, None), (ax_auc, "eval_auc", "o")):
             steps, mean, std = mean_curve(recs, key)
             if steps.size == 0:
                 continue
             ax.plot(steps, mean, color=colors[model], marker=marker, markersize=4, linewidth=1.4, label=model)
             if len(recs) > 1:
                 ax.fill_between(steps, mean - std, mean + std, color=colors[model], alpha=0.15, linewidth=0)
-    ax_loss.set_title("training loss (mean of each logging interval)")
+    ax_loss.set_title("training CTR loss (mean of each logging interval)")
     ax_loss.set_ylabel("loss")
     ax_auc.set_title("held-out AUC during training")
     ax_auc.set_ylabel("AUC")

@@ -192,11 +192,12 @@ def _fit(cfg: TrainConfig, run_dir: Path, resume: bool) -> dict[str, Any]:
         step0 = start_step if epoch == start_epoch else 0
         bar = _progress(cfg, n_batches, step0, epoch)
         t0 = time.perf_counter()
-        running, running_n = torch.zeros((), device=device), 0
+        running, running_ctr, running_n = torch.zeros((), device=device), torch.zeros((), device=device), 0
         for step, batch in enumerate(train_loader.iter_epoch(epoch, step0), start=step0):
             terms = train_step(model, batch, optimizer)
             seen += batch.size
             running += terms["loss"]
+            running_ctr += terms["ctr_loss"]
             running_n += 1
             done = step + 1
             if done % cfg.log_every == 0 or done == n_batches:
@@ -206,11 +207,12 @@ def _fit(cfg: TrainConfig, run_dir: Path, resume: bool) -> dict[str, Any]:
                         f"loss became {avg} at epoch {epoch} step {done}; lower --lr or check the data"
                     )
                 elapsed = train_seconds + time.perf_counter() - t0
-                curves.append({"epoch": epoch, "step": done, "loss": avg, "samples": seen})
+                curves.append({"epoch": epoch, "step": done, "loss": avg, "ctr_loss": float(running_ctr) / running_n,
+                               "samples": seen})
                 if bar is not None:
                     bar.set_postfix(loss=f"{avg:.4f}", sps=f"{seen / max(elapsed, 1e-9):,.0f}")
                 log.info("epoch %d step %d/%d loss %.5f", epoch, done, n_batches, avg)
-                running, running_n = torch.zeros((), device=device), 0
+                running, running_ctr, running_n = torch.zeros((), device=device), torch.zeros((), device=device), 0
             if bar is not None:
                 bar.update(1)
             if cfg.eval_every and done % cfg.eval_every == 0 and done != n_batches:
