@@ -120,8 +120,9 @@ def test_training_is_deterministic_on_cpu(data_dir, tmp_path):
         assert torch.equal(va, vb), k
 
 
-def test_interrupted_run_resumes_exactly(data_dir, tmp_path, monkeypatch):
-    ref = fit(_cfg(data_dir, tmp_path / "ref", epochs=2))
+@pytest.mark.parametrize("optimizer", ["adam", "lazy_adam"])
+def test_interrupted_run_resumes_exactly(data_dir, tmp_path, monkeypatch, optimizer):
+    ref = fit(_cfg(data_dir, tmp_path / "ref", epochs=2, model="can-dnn", optimizer=optimizer))
     real_step, calls = loop.train_step, {"n": 0}
 
     def flaky_step(*args, **kwargs):
@@ -132,11 +133,12 @@ def test_interrupted_run_resumes_exactly(data_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(loop, "train_step", flaky_step)
     with pytest.raises(KeyboardInterrupt):
-        fit(_cfg(data_dir, tmp_path / "cut", epochs=2, checkpoint_every=2))
+        fit(_cfg(data_dir, tmp_path / "cut", epochs=2, checkpoint_every=2, model="can-dnn", optimizer=optimizer))
     state = json.loads((tmp_path / "cut" / "checkpoint" / "train_state.json").read_text())
     assert (state["epoch"], state["step"]) == (1, 2)
     monkeypatch.setattr(loop, "train_step", real_step)
-    resumed = fit(_cfg(data_dir, tmp_path / "cut", epochs=2, checkpoint_every=2), resume=True)
+    resumed = fit(_cfg(data_dir, tmp_path / "cut", epochs=2, checkpoint_every=2, model="can-dnn", optimizer=optimizer),
+                  resume=True)
     assert resumed["auc"] == ref["auc"]
     assert resumed["train_samples"] == ref["train_samples"]
     m_ref, _ = load_model(tmp_path / "ref" / "checkpoint")

@@ -28,7 +28,8 @@ from canctr.data.batch import Batch, BatchLoader, load_split
 from canctr.data.schema import Schema
 from canctr.env import machine_description
 from canctr.models import create_model
-from canctr.train.loop import make_optimizer, resolve_device, train_step
+from canctr.train.loop import resolve_device, train_step
+from canctr.train.optim import make_optimizer
 
 DEFAULT_MODELS = ("dnn", "can-dnn", "din", "dien", "can-dien")
 

@@ -47,7 +47,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = TrainConfig(
         data=args.data, model=args.model, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
-        eval_batch_size=args.eval_batch_size, lr=args.lr, seed=args.seed, device=args.device,
+        eval_batch_size=args.eval_batch_size, lr=args.lr, optimizer=args.optimizer, seed=args.seed, device=args.device,
         max_len=args.max_len, eval_max_len=args.eval_max_len, bucket=args.bucket,
         model_config=_parse_overrides(args.set),
         checkpoint_every=args.checkpoint_every, eval_every=args.eval_every, progress=not args.no_progress,
@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--eval-batch-size", type=int, default=1024)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--optimizer", default="adam", choices=("adam", "lazy_adam"),
+                   help="adam: dense (the official code's); lazy_adam: only the embedding rows a batch touches")
     p.add_argument("--seed", type=int, default=3)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--max-len", type=int, default=100, help="training history cut-off (most recent)")

@@ -28,6 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--optimizer", default="adam", choices=("adam", "lazy_adam"),
+                   help="adam: dense (the official code's); lazy_adam: only the embedding rows a batch touches")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="model config override (JSON value), e.g. --set mlp=[64,32]; applied to every model whose "
                         "config has KEY, an error when none has it")
@@ -54,7 +56,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     models, seeds = resolve_models(args.models), parse_seeds(args.seeds)
     overrides = _parse_overrides(args.set)
     train = {
-        "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "device": args.device,
+        "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "optimizer": args.optimizer,
+        "device": args.device,
         "progress": not args.no_progress,
         **default_train_settings(data, batch_size=args.batch_size, eval_every=args.eval_every,
                                  checkpoint_every=args.checkpoint_every),
@@ -63,6 +66,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         "canctr", "reproduce", "--data", str(data), "--models", ",".join(models),
         "--seeds", ",".join(map(str, seeds)), "--out", str(out), "--device", args.device,
         "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
+        "--optimizer", args.optimizer,
         "--eval-every", str(train["eval_every"]), "--checkpoint-every", str(train["checkpoint_every"]),
         *[a for k, v in overrides.items() for a in ("--set", f"{k}={json.dumps(v, separators=(',', ':'))}")],
     ])

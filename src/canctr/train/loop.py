@@ -27,6 +27,7 @@ from canctr.data.schema import Schema, atomic_write_text
 from canctr.models import create_model, make_config
 from canctr.train.checkpoint import load_model, load_training_state, save_checkpoint
 from canctr.train.metrics import ctr_metrics
+from canctr.train.optim import OPTIMIZERS, make_optimizer
 
 log = logging.getLogger("canctr.train")
 
@@ -47,6 +48,7 @@ class TrainConfig:
     eval_batch_size: int = 1024
     lr: float = 1e-3
     lr_decay: float = 0.5  # multiply lr after each epoch (official code; no effect with 1 epoch)
+    optimizer: str = "adam"  # "adam" (dense, the code's) or "lazy_adam" (sparse embedding rows); see train/optim.py
     seed: int = 3
     device: str = "auto"
     max_len: int = 100  # training history cut-off (most recent); evaluation uses `eval_max_len`
@@ -58,6 +60,10 @@ class TrainConfig:
     log_every: int = 50
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"TrainConfig.optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -66,15 +72,6 @@ def resolve_device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda requested but CUDA is not available")
     return dev
-
-
-def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    """Adam (the paper's). The fused kernel does the whole update in one pass over each tensor: on CPU it
-    halves CAN-DNN's step time (dense moment updates of the 160-wide induction tables dominate)."""
-    try:
-        return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
-    except (RuntimeError, TypeError, ValueError):  # an older torch or a device without the fused kernel
-        return torch.optim.Adam(model.parameters(), lr=lr)
 
 
 def ctr_loss(output_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -157,7 +154,7 @@ def _fit(cfg: TrainConfig, run_dir: Path, resume: bool) -> dict[str, Any]:
     np.random.seed(cfg.seed)
     model_cfg = make_config(cfg.model, cfg.model_config)
     model = create_model(cfg.model, schema, model_cfg).to(device)
-    optimizer = make_optimizer(model, cfg.lr)
+    optimizer = make_optimizer(model, cfg.lr, cfg.optimizer)
     train_loader, test_loader = _loaders(cfg, device)
     if len(train_loader) == 0:
         raise ValueError(f"{cfg.data}: the training split is empty")
