@@ -38,8 +38,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = formats.add_parser("amazon", help="McAuley 2014 reviews_<Cat>_5.json + meta_<Cat>.json")
     p.add_argument("--reviews", required=True, help="reviews_<Cat>[_5].json[.gz], one JSON review per line")
     p.add_argument("--meta", required=True, help="meta_<Cat>.json[.gz], one Python-literal dict per line")
+    p.add_argument("--workers", type=int, default=0,
+                   help="processes parsing review blocks (default 0: one per core; 1: no subprocesses)")
     _add_common(p, protocol=True)
-    p.set_defaults(func=_leaf(lambda a: prepare_amazon(a.reviews, a.meta, a.out, _options(a))))
+    p.set_defaults(func=_leaf(lambda a: prepare_amazon(a.reviews, a.meta, a.out, _options(a), workers=a.workers)))
 
     p = formats.add_parser("sequences", help="S3-Rec <Name>.txt + <Name>_item2attributes.json (+ times)")
     p.add_argument(

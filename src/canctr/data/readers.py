@@ -30,16 +30,33 @@ import re
 import zlib
 from array import array
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from itertools import accumulate, zip_longest
 from pathlib import Path
 
 import numpy as np
 
+from canctr.data import chunks
+
 try:  # optional accelerator (a canctr dependency where wheels exist); json is the reference parser
     import orjson as _orjson
 except ImportError:  # pragma: no cover
     _orjson = None
+
+try:  # optional: decodes a whole block of review lines in one C call, materialising only three fields
+    from typing import Annotated
+
+    import msgspec as _msgspec
+
+    class _Review(_msgspec.Struct):
+        reviewerID: Annotated[str, _msgspec.Meta(min_length=1)]
+        asin: Annotated[str, _msgspec.Meta(min_length=1)]
+        unixReviewTime: int  # strict: a bool or a float is refused, as by _parse_review
+
+    _REVIEW_LINES = _msgspec.json.Decoder(_Review)
+except ImportError:  # pragma: no cover
+    _msgspec = _REVIEW_LINES = None
 
 GZIP_MAGIC = b"\x1f\x8b"
 DEFAULT_CATE = "default_cat"  # DIEN's category for items without metadata
@@ -226,30 +243,147 @@ def _parse_review(text: str) -> tuple[str, str, int]:
             raise _RowError(f"field {key!r} must be a non-empty string, got {v!r}")
     if isinstance(t, bool) or not isinstance(t, int):
         raise _RowError(f"field 'unixReviewTime' must be an integer, got {t!r}")
+    if not -(2**63) <= t < 2**63:
+        raise _RowError(f"field 'unixReviewTime' {t} is out of the 64-bit range")
     return user, asin, t
 
 
-def read_amazon_reviews(path: str | os.PathLike, *, skip_bad_rows: bool = False) -> Interactions:
-    """McAuley `reviews_<Cat>[_5].json[.gz]`: one event per review (every review is a positive)."""
-    users, items = Interner(), Interner()
-    u, i, t = array("q"), array("q"), array("q")
-    skipped: dict[str, int] = {}
-    rows = _Rows(path, skip_bad_rows, skipped)
-    for lineno, text in rows.lines():
+@dataclass
+class _ReviewBlock:
+    """One block's reviews with block-local codes (see data/chunks.py for the merge)."""
+
+    users: list[str]
+    items: list[str]
+    user: np.ndarray  # [n] local user codes
+    item: np.ndarray
+    time: np.ndarray
+    n_lines: int  # lines in the block, blank ones included
+    errors: list[tuple[int, str]]  # (1-based line within the block, problem); stops at the first unless skipping
+
+
+def _parse_review_block(block_and_skip: tuple[chunks.Block, bool]) -> _ReviewBlock:
+    """Parse one block. The fast path takes what orjson reads as a well-formed review; anything else goes
+    through `_parse_review`, the reference parser, which accepts the same rows and words the errors."""
+    block, skip = block_and_skip
+    data = block.read()
+    users: dict[str, int] = {}
+    items: dict[str, int] = {}
+    if _REVIEW_LINES is not None:  # the whole block in one call; any doubt -> line by line below
         try:
-            user, asin, ts = _parse_review(text)
-        except _RowError as e:
-            rows.bad(lineno, str(e))
-            continue
-        u.append(users(user))
-        i.append(items(asin))
+            reviews = _REVIEW_LINES.decode_lines(data)
+        except (_msgspec.DecodeError, _msgspec.ValidationError, UnicodeDecodeError):
+            reviews = None
+        n_lines = chunks.count_lines(data)
+        # one object per line (no blank lines, no two objects on a line) and times that fit int64
+        if reviews is not None and len(reviews) == n_lines:
+            try:
+                times = np.array([r.unixReviewTime for r in reviews], np.int64)
+            except OverflowError:
+                times = None
+            if times is not None:
+                u_codes = [users.setdefault(r.reviewerID, len(users)) for r in reviews]
+                i_codes = [items.setdefault(r.asin, len(items)) for r in reviews]
+                return _ReviewBlock(list(users), list(items), np.array(u_codes, np.int64),
+                                    np.array(i_codes, np.int64), times, n_lines, [])
+        users.clear(), items.clear()
+    lines = chunks.split_lines(data)
+    u, i, t = array("q"), array("q"), array("q")
+    errors: list[tuple[int, str]] = []
+    loads = _orjson.loads if _orjson is not None else json.loads
+    for k, raw in enumerate(lines, 1):
+        try:
+            obj = loads(raw)
+            user, asin, ts = obj["reviewerID"], obj["asin"], obj["unixReviewTime"]
+            ok = type(user) is str and type(asin) is str and type(ts) is int and user and asin
+        except Exception:  # noqa: BLE001 - any failure goes to the reference parser below
+            ok = False
+        if not ok:
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                errors.append((k, f"not UTF-8 text ({e.reason} at byte {e.start})"))
+                if not skip:
+                    break
+                continue
+            if not text.strip():
+                continue
+            try:
+                user, asin, ts = _parse_review(text.rstrip("\r"))
+            except _RowError as e:
+                errors.append((k, str(e)))
+                if not skip:
+                    break
+                continue
+        u.append(users.setdefault(user, len(users)))
+        i.append(items.setdefault(asin, len(items)))
         t.append(ts)
-        rows.good += 1
-    rows.finish()
-    return Interactions(_codes(u), _codes(i), _codes(t), users, items, skipped)
+    return _ReviewBlock(list(users), list(items), _codes(u), _codes(i), _codes(t), len(lines), errors)
+
+
+def read_amazon_reviews(
+    path: str | os.PathLike,
+    *,
+    skip_bad_rows: bool = False,
+    pool: Executor | None = None,
+    block_bytes: int = chunks.BLOCK_BYTES,
+) -> Interactions:
+    """McAuley `reviews_<Cat>[_5].json[.gz]`: one event per review (every review is a positive).
+
+    Parsed in blocks of lines, on `pool`'s processes when given; the result does not depend on either.
+    """
+    path = Path(path)
+    gz = _is_gzip(path)
+    users, items = Interner(), Interner()
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    skipped: dict[str, int] = {}
+    line0 = 0  # lines before the current block
+    n_bad = 0
+
+    def corrupt(lines_read: int, e: Exception) -> DataFormatError:
+        return DataFormatError(path, f"corrupt or unreadable data after line {lines_read} ({e})")
+
+    blocks = ((b, skip_bad_rows) for b in chunks.iter_blocks(path, gz, block_bytes, corrupt))
+    for res in chunks.ordered_map(_parse_review_block, blocks, pool):
+        if res.errors and not skip_bad_rows:
+            lineno, problem = res.errors[0]
+            raise DataFormatError(path, problem, line0 + lineno)
+        n_bad += len(res.errors)
+        u_map = chunks.merge_codes(users.index, users.names, res.users)
+        i_map = chunks.merge_codes(items.index, items.names, res.items)
+        parts.append((u_map[res.user], i_map[res.item], res.time))
+        line0 += res.n_lines
+    if n_bad:
+        skipped[str(path)] = n_bad
+    if not any(p[0].size for p in parts):
+        problem = f"no valid rows ({n_bad} malformed rows skipped)" if n_bad else "empty file (no rows)"
+        raise DataFormatError(path, problem)
+    u, i, t = (np.concatenate([p[k] for p in parts]) for k in range(3))
+    return Interactions(u, i, t, users, items, skipped)
 
 
 _ASIN_RE = re.compile(r"""['"]asin['"]\s*:\s*['"]([^'"]+)['"]""")
+# the usual meta line: {'asin': 'X', ... 'categories': [['A', 'B', ...], ...], ...}; the fast path reads asin
+# and the first category list without evaluating the rest (titles, descriptions, related-item lists)
+_META_HEAD_RE = re.compile(r"""\{\s*(['"])asin\1\s*:\s*(['"])([^'"\\]+)\2\s*[,}]""")
+_META_CATS_RE = re.compile(r"""['"]categories['"]\s*:\s*\[\s*\[([^\[\]]*)\]""")
+_QUOTED_LIST_RE = re.compile(r"""\s*(?:'([^'\\]*)'|"([^"\\]*)")\s*(?:,|$)""")
+
+
+def _fast_meta(text: str) -> tuple[str, str | None] | None:
+    """(asin, category) of a plainly formed meta line, or None to let `_parse_meta` decide."""
+    if not text.endswith("}"):
+        return None
+    head = _META_HEAD_RE.match(text)
+    cats = _META_CATS_RE.search(text, head.end()) if head else None
+    if cats is None or "reviewerID" in text:  # a review line: the full parse names the mix-up
+        return None
+    body, last, pos = cats.group(1), None, 0
+    while pos < len(body):  # 'A', 'B', "C's" with no escapes; anything else -> None
+        m = _QUOTED_LIST_RE.match(body, pos)
+        if m is None or m.end() == pos:
+            return None
+        last, pos = (m.group(1) if m.group(1) is not None else m.group(2)), m.end()
+    return head.group(3), last
 
 
 def _parse_meta(text: str) -> tuple[str, str | None]:
@@ -290,12 +424,14 @@ def read_amazon_meta(
     cate: dict[int, str] = {}
     rows = _Rows(path, skip_bad_rows, skipped)
     for lineno, text in rows.lines():
-        m = _ASIN_RE.search(text)
-        if m is not None and m.group(1) not in wanted:
-            rows.good += 1
-            continue
+        fast = _fast_meta(text)
+        if fast is None:
+            m = _ASIN_RE.search(text)
+            if m is not None and m.group(1) not in wanted:
+                rows.good += 1
+                continue
         try:
-            asin, category = _parse_meta(text)
+            asin, category = fast or _parse_meta(text)
         except _RowError as e:
             rows.bad(lineno, str(e))
             continue

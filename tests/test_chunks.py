@@ -1,0 +1,126 @@
+"""Block-parallel parsing gives exactly the single-pass result: codes, order, errors and their line numbers."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from canctr.data import chunks
+from canctr.data.pipeline import PrepareOptions, prepare_amazon
+from canctr.data.readers import DataFormatError, _fast_meta, _parse_meta, read_amazon_reviews
+from test_data import files_bytes, write_amazon
+
+
+def _same(a, b) -> None:
+    assert a.users.names == b.users.names and a.items.names == b.items.names
+    for f in ("user", "item", "time"):
+        assert np.array_equal(getattr(a, f), getattr(b, f)), f
+    assert a.skipped_rows == b.skipped_rows
+
+
+def test_byte_ranges_cover_the_file_at_line_boundaries(tmp_path: Path) -> None:
+    path = tmp_path / "f.txt"
+    data = b"".join(b"x" * (i % 7) + b"\n" for i in range(200)) + b"tail-without-newline"
+    path.write_bytes(data)
+    for block in (1, 5, 64, 10_000):
+        ranges = chunks.byte_ranges(path, block)
+        assert ranges[0][0] == 0 and ranges[-1][1] == len(data)
+        assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+        assert all(data[e - 1 : e] == b"\n" for _, e in ranges[:-1])
+        lines = [ln for s, e in ranges for ln in chunks.split_lines(data[s:e])]
+        assert lines == data.split(b"\n")
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_parallel_blocks_equal_one_pass(tmp_path: Path, gz: bool) -> None:
+    reviews, _ = write_amazon(tmp_path, gz, n_users=120, seed=4)
+    one = read_amazon_reviews(reviews, block_bytes=1 << 30)
+    with chunks.worker_pool(2) as pool:
+        many = read_amazon_reviews(reviews, pool=pool, block_bytes=700)  # dozens of blocks
+    _same(one, many)
+    assert len(many.item) == len(reviews.read_bytes().splitlines()) or gz
+
+
+def test_errors_name_the_file_line_from_a_late_block(tmp_path: Path) -> None:
+    reviews, _ = write_amazon(tmp_path, gz=False, n_users=120, seed=4)
+    good = reviews.read_bytes().splitlines(keepends=True)
+    bad = tmp_path / "reviews_bad.json"  # line 301 blank (fine), 302 a bad row, the last not UTF-8
+    bad.write_bytes(b"".join(good[:300]) + b"\n" + b'{"reviewerID": "A1"}\n' + b"".join(good[300:]) + b"\xff\xfe\n")
+    with chunks.worker_pool(2) as pool, pytest.raises(DataFormatError, match=r"reviews_bad.json, line 302: missing field 'asin'"):
+        read_amazon_reviews(bad, pool=pool, block_bytes=500)
+    last = len(good) + 3
+    tail = tmp_path / "reviews_tail.json"
+    tail.write_bytes(b"".join(good) + b"\xff\xfe\n")
+    with chunks.worker_pool(2) as pool, pytest.raises(DataFormatError, match=rf"reviews_tail.json, line {last - 2}: not UTF-8"):
+        read_amazon_reviews(tail, pool=pool, block_bytes=500)
+    with chunks.worker_pool(2) as pool:
+        skipping = read_amazon_reviews(bad, pool=pool, block_bytes=500, skip_bad_rows=True)
+    _same(read_amazon_reviews(bad, skip_bad_rows=True), skipping)
+    assert skipping.skipped_rows == {str(bad): 2}
+    assert len(skipping.item) == len(good)
+
+
+def test_prepare_output_does_not_depend_on_workers(tmp_path: Path) -> None:
+    reviews, meta = write_amazon(tmp_path, gz=False, n_users=80, seed=2)
+    a = prepare_amazon(reviews, meta, tmp_path / "a", PrepareOptions(test_fraction=0.3), workers=1)
+    b = prepare_amazon(reviews, meta, tmp_path / "b", PrepareOptions(test_fraction=0.3), workers=2)
+    assert a.sources == b.sources and a.counts == b.counts
+    assert files_bytes(tmp_path / "a") == files_bytes(tmp_path / "b")
+
+
+@pytest.mark.parametrize("line", [
+    "{'asin': '0000031852', 'title': 'Tutu', 'related': {'also_bought': ['B00JHONN1S']}, "
+    "'categories': [['Clothing, Shoes & Jewelry', 'Girls'], ['Sports', 'Dance']], 'price': 3.17}",
+    """{'asin': 'X1', 'categories': [["Kids' Furniture", 'Beds']]}""",
+    "{'asin': 'X2', 'categories': [[]]}",
+    '{"asin": "J1", "categories": [["A", "B"]]}',
+    "{'asin': 'X4', 'title': 'no categories'}",
+    r"{'asin': 'X5', 'categories': [['a\'b', 'c']]}",
+    "{'asin': 'X6', 'categories': [['A', 'B']]",
+    "{'asin': 'X7', 'categories': [['A', 'B']], 'reviewerID': 'A1'}",
+])
+def test_fast_meta_agrees_with_the_full_parse(line: str) -> None:
+    fast = _fast_meta(line)
+    if fast is not None:  # whenever the pattern answers, it answers what literal_eval would
+        assert fast == _parse_meta(line)
+
+
+@pytest.mark.parametrize("line, problem", [
+    ('{"reviewerID": "a", "asin": "b", "unixReviewTime": 1}{"reviewerID": "c", "asin": "d", "unixReviewTime": 2}',
+     "not valid JSON"),
+    ('{"reviewerID": "a", "asin": "b", "unixReviewTime": 99999999999999999999}', "unixReviewTime"),
+    ('{"reviewerID": "", "asin": "b", "unixReviewTime": 1}', "must be a non-empty string"),
+    ('{"reviewerID": "a", "asin": "b", "unixReviewTime": true}', "must be an integer"),
+    ('{"reviewerID": "a", "asin": "b", "unixReviewTime": 1.0}', "must be an integer"),
+])
+def test_block_decoder_refuses_what_the_reference_parser_refuses(tmp_path: Path, line: str, problem: str) -> None:
+    path = tmp_path / "reviews.json"
+    ok = '{"reviewerID": "u", "asin": "i", "unixReviewTime": 5}\n'
+    path.write_text(ok + line + "\n" + ok)
+    with pytest.raises(DataFormatError, match=rf"reviews.json, line 2: .*{problem}"):
+        read_amazon_reviews(path)
+
+
+def test_block_decoder_and_line_parser_agree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from canctr.data import readers
+
+    reviews, _ = write_amazon(tmp_path, gz=False, n_users=60, seed=9)
+    text = reviews.read_text().splitlines(keepends=True)
+    reviews.write_text("".join(text[:10]) + "\n  \n" + "".join(text[10:]))  # blank lines are skipped
+    fast = read_amazon_reviews(reviews)
+    monkeypatch.setattr(readers, "_REVIEW_LINES", None)
+    _same(fast, read_amazon_reviews(reviews))
+
+
+def test_unique_by_value_sort_matches_numpy() -> None:
+    from canctr.data.pipeline import _unique_first_inverse_counts
+
+    rng = np.random.default_rng(0)
+    for v in (rng.integers(0, 50, 1000), rng.integers(0, 10**12, 500), np.array([7]), np.array([1 << 61, 3])):
+        ref = np.unique(v, return_index=True, return_inverse=True, return_counts=True)
+        for a, b in zip(_unique_first_inverse_counts(v), ref):
+            assert np.array_equal(a, b.ravel())
