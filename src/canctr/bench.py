@@ -46,13 +46,13 @@ def _peak_memory_mb(device: torch.device) -> float:
 
 
 def train_cell(data: str, model_name: str, batch_size: int, device: str, warmup: int, steps: int,
-               seed: int = 0) -> dict[str, Any]:
+               seed: int = 0, optimizer: str = "adam") -> dict[str, Any]:
     """Steady-state training throughput of one model at one batch size (run in a fresh process)."""
     dev = resolve_device(device)
     schema = Schema.load(data)
     torch.manual_seed(seed)
     model = create_model(model_name, schema).to(dev)
-    opt = make_optimizer(model, 1e-3)
+    opt = make_optimizer(model, 1e-3, optimizer)
     loader = BatchLoader(load_split(data, "train"), batch_size=batch_size, shuffle=True, seed=seed,
                          device=dev, max_len=100, bucket=20, drop_last=True)
     batches = iter(_cycle(loader))
@@ -148,6 +148,37 @@ def loader_cell(data: str, device: str, batch_size: int) -> dict[str, Any]:
     return {"batch_size": batch_size, "samples_per_second": n / (time.perf_counter() - t0)}
 
 
+def _tree_rss_mb(root: int) -> float:
+    """Resident memory of `root` and all its descendants now (Linux /proc), MB."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(d.name))  # fields[1]: ppid
+            rss[int(d.name)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")  # fields[21]: rss pages
+        except (OSError, IndexError, ValueError):
+            continue  # exited meanwhile
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += rss.get(pid, 0)
+        todo += children.get(pid, [])
+    return total / 2**20
+
+
+def _watch_tree_rss(proc: subprocess.Popen, every: float = 0.05) -> float:
+    """Wait for proc, sampling its process tree's total RSS; the peak in MB (0 where /proc is missing)."""
+    peak = 0.0
+    while proc.poll() is None:
+        if Path("/proc").is_dir():
+            peak = max(peak, _tree_rss_mb(proc.pid))
+        time.sleep(every)
+    return peak
+
+
 def pipeline_cell(reviews: int, workdir: str) -> dict[str, Any]:
     """Generate (once) a McAuley-format file of `reviews` lines, then time `canctr prepare amazon` on it."""
     work = Path(workdir)
@@ -159,9 +190,12 @@ def pipeline_cell(reviews: int, workdir: str) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "canctr.cli", "prepare", "amazon", "--reviews", str(raw / "reviews.json"),
            "--meta", str(raw / "meta.json"), "--out", str(out)]
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    peak_tree = _watch_tree_rss(proc)  # the command and its parse workers together
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, cmd)
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    peak = max(peak_tree, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
     out_mb = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2**20
     return {"reviews": reviews, "input_mb": (raw / "reviews.json").stat().st_size / 2**20, "seconds": seconds,
             "reviews_per_second": reviews / seconds, "peak_rss_mb": peak, "output_mb": out_mb,
@@ -186,7 +220,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for model in args.models:
         for bs in (128, big):
             cell = _in_subprocess("train_cell", data=args.data, model_name=model, batch_size=bs, device=args.device,
-                                  warmup=args.warmup, steps=args.steps)
+                                  warmup=args.warmup, steps=args.steps, optimizer=args.optimizer)
             print(f"train  {model:<10} batch {bs:>5}: {cell['samples_per_second']:>10,.0f} samples/s  "
                   f"{cell['step_ms']:.2f} ms/step  peak {cell['peak_memory_mb']:,.0f} MB", flush=True)
             result["train"].append(cell)
@@ -237,6 +271,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
     p.add_argument("--device", default="auto")
     p.add_argument("--large-batch", type=int, default=0, help="second batch size (default 1024 CPU, 4096 GPU)")
+    p.add_argument("--optimizer", default="adam", choices=("adam", "lazy_adam"), help="training optimizer")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--candidates", type=int, default=100)
