@@ -271,7 +271,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
     p.add_argument("--device", default="auto")
     p.add_argument("--large-batch", type=int, default=0, help="second batch size (default 1024 CPU, 4096 GPU)")
-    p.add_argument("--optimizer", default="adam", choices=("adam", "lazy_adam"), help="training optimizer")
+    p.add_argument("--optimizer", default="adam", choices=OPTIMIZERS, help="training optimizer")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--candidates", type=int, default=100)

@@ -17,6 +17,8 @@ import os
 import sys
 from typing import Any
 
+from canctr.train.optim import OPTIMIZERS
+
 
 def _parse_overrides(items: list[str]) -> dict[str, Any]:
     """`--set coaction.orders=2 --set mlp=[256,128]`: values are JSON, falling back to plain strings."""
@@ -85,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--eval-batch-size", type=int, default=1024)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--optimizer", default="adam", choices=("adam", "lazy_adam"),
+    p.add_argument("--optimizer", default="adam", choices=OPTIMIZERS,
                    help="adam: dense (the official code's); lazy_adam: only the embedding rows a batch touches")
     p.add_argument("--seed", type=int, default=3)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")

@@ -103,7 +103,7 @@ def worker_pool(workers: int) -> Iterator[Executor | None]:
     if workers <= 1:
         yield None
         return
-    # fork: workers start in milliseconds and inherit the imported modules (prepare never imports torch)
+    # fork: workers start in milliseconds and inherit the imported modules
     ctx = multiprocessing.get_context("fork") if sys.platform == "linux" else None
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
     try:
