@@ -29,7 +29,7 @@ from canctr.data.schema import Schema
 from canctr.env import machine_description
 from canctr.models import create_model
 from canctr.train.loop import resolve_device, train_step
-from canctr.train.optim import make_optimizer
+from canctr.train.optim import OPTIMIZERS, make_optimizer
 
 DEFAULT_MODELS = ("dnn", "can-dnn", "din", "dien", "can-dien")
 
