@@ -284,6 +284,19 @@ def test_combination_independence_slices_tables_as_eqs_12_13():
     assert widths(coaction_features(combination_independence=True)[1].induction) == {"item": P, "cate": P}
 
 
+def test_default_pairs_in_one_stacked_call_equal_one_call_per_pair():
+    batch = make_batch(LENGTHS)
+    _, feats = coaction_features()
+    ind = [feats.induction[v](getattr(batch, v)) for v in ("item", "cate")]
+    feed = [feats.feed[v](getattr(batch, f"hist_{v}")) for v in ("item", "cate")]
+    per_pair = torch.cat([feats.unit(i, f, batch.mask) for i, f in zip(ind, feed)], dim=-1)
+    stacked = feats(batch)
+    assert torch.equal(stacked, per_pair)  # the same per-sample math, bit for bit
+    (g_pair,) = torch.autograd.grad(per_pair.square().sum(), feats.induction["cate"].weight)
+    (g_stack,) = torch.autograd.grad(stacked.square().sum(), feats.induction["cate"].weight)
+    torch.testing.assert_close(g_stack, g_pair)
+
+
 def test_swap_sides_induces_from_history():
     batch = make_batch(LENGTHS)
     mask = batch.mask
