@@ -342,6 +342,26 @@ def test_augru_ignores_padding_and_handles_empty(form):
     torch.testing.assert_close(augru(x[1:2, :2], att[1:2, :2], mask[1:2, :2]), h[1:2])
 
 
+@pytest.mark.parametrize("form", ["code", "paper"])
+def test_augru_fused_scan_equals_step_by_step_autograd(form):
+    """The hand-written backward (`_AUGRUScan`) against autograd through the reference loop, in float64."""
+    torch.manual_seed(1)
+    augru = AUGRU(5, 6, form=form).double()
+    x = torch.randn(7, 9, 5, dtype=torch.float64, requires_grad=True)
+    att = torch.rand(7, 9, dtype=torch.float64, requires_grad=True)
+    mask = lengths_to_mask(torch.tensor([0, 1, 9, 4, 9, 2, 6]), 9)
+    out, ref = augru(x, att, mask), augru.reference_forward(x, att, mask)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-14)
+    w = torch.randn_like(out)
+    inputs = [x, att, *augru.parameters()]
+    for g, g_ref in zip(torch.autograd.grad((out * w).sum(), inputs), torch.autograd.grad((ref * w).sum(), inputs)):
+        torch.testing.assert_close(g, g_ref, rtol=0, atol=1e-13)
+    assert torch.autograd.gradcheck(lambda x, att: augru(x, att, mask), (x, att))
+    empty = augru(x[:, :0], att[:, :0], mask[:, :0])  # width 0: the zero state, still differentiable
+    assert (empty == 0).all()
+    empty.sum().backward()
+
+
 def test_augru_zero_attention():
     torch.manual_seed(0)
     x, mask = torch.randn(2, 4, 3), lengths_to_mask(torch.tensor([4, 3]), 4)

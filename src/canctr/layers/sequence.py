@@ -77,9 +77,16 @@ class AUGRU(nn.Module):
 
     def forward(self, x: Tensor, attention: Tensor, mask: Tensor) -> Tensor:
         """x [B, L, D], attention [B, L], mask [B, L] bool -> final state [B, H]."""
-        B, L, _ = x.shape
         H = self.hidden_dim
         x_gates, x_cand = self.input_proj(x).split([2 * H, H], dim=-1)  # [B, L, 2H], [B, L, H]
+        return _AUGRUScan.apply(x_gates, x_cand, attention, mask, self.gate_proj.weight, self.cand_proj.weight,
+                                self.form == "paper")
+
+    def reference_forward(self, x: Tensor, attention: Tensor, mask: Tensor) -> Tensor:
+        """The same recurrence step by step under autograd (the specification `_AUGRUScan` is tested against)."""
+        B, L, _ = x.shape
+        H = self.hidden_dim
+        x_gates, x_cand = self.input_proj(x).split([2 * H, H], dim=-1)
         h = x.new_zeros(B, H)
         for t in range(L):
             r, u = torch.sigmoid(x_gates[:, t] + self.gate_proj(h)).chunk(2, dim=-1)
@@ -93,6 +100,79 @@ class AUGRU(nn.Module):
                 h_new = (1.0 - u) * h + u * c
             h = torch.where(mask[:, t, None], h_new, h)
         return h
+
+
+class _AUGRUScan(torch.autograd.Function):
+    """AUGRU's time loop with a hand-written backward (BPTT).
+
+    Under autograd every one of the ~14 small ops per step records a node and the backward walks them
+    one by one; here the forward runs 8 ops per step without recording, keeps (h, gates, candidate) per
+    step, and the backward runs the recurrence in reverse with the recurrent weight gradients taken as one
+    matmul over all steps. Outputs and gradients equal the step-by-step version (tests/test_layers.py).
+    Shapes: x_gates [B, L, 2H] (input part + bias of r, u), x_cand [B, L, H], attention [B, L],
+    mask [B, L] bool, w_gates [2H, H], w_cand [H, H] (nn.Linear layout) -> h [B, H].
+    """
+
+    @staticmethod
+    def forward(ctx, x_gates, x_cand, attention, mask, w_gates, w_cand, paper: bool):  # noqa: ANN001, ANN205
+        B, L, H2 = x_gates.shape
+        H = H2 // 2
+        # how much of the update gate survives: a (paper) or 1 - a (code), [B, L, 1]
+        keep = (attention if paper else 1.0 - attention).unsqueeze(-1)
+        valid = mask.unsqueeze(-1)
+        hs = x_gates.new_empty(L, B, H)  # state before step t
+        gs = x_gates.new_empty(L, B, H2)  # sigmoid gates [r | u]
+        cs = x_gates.new_empty(L, B, H)  # candidate
+        h = x_gates.new_zeros(B, H)
+        wg_t, wc_t = w_gates.t(), w_cand.t()
+        for t in range(L):
+            hs[t] = h
+            g = torch.sigmoid(torch.addmm(x_gates[:, t], h, wg_t), out=gs[t])
+            c = torch.tanh(torch.addmm(x_cand[:, t], g[:, :H] * h, wc_t), out=cs[t])
+            ue = g[:, H:] * keep[:, t]
+            # code: h' = ue * h + (1 - ue) * c = lerp(c, h, ue); paper: h' = (1 - ue) * h + ue * c = lerp(h, c, ue)
+            h_new = torch.lerp(h, c, ue) if paper else torch.lerp(c, h, ue)
+            h = torch.where(valid[:, t], h_new, h)
+        ctx.save_for_backward(hs, gs, cs, keep, valid, attention, w_gates, w_cand)
+        ctx.paper = paper
+        return h
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_h):  # noqa: ANN001, ANN205
+        hs, gs, cs, keep, valid, attention, w_gates, w_cand = ctx.saved_tensors
+        L, B, H = hs.shape
+        paper = ctx.paper
+        d_gates = grad_h.new_empty(L, B, 2 * H)  # time-major, like hs, for the weight gradients
+        d_cand = grad_h.new_empty(L, B, H)
+        d_keep = grad_h.new_empty(L, B)
+        vf = valid.to(grad_h.dtype)
+        dh = grad_h
+        for t in range(L - 1, -1, -1):
+            h, g, c = hs[t], gs[t], cs[t]
+            r, u = g[:, :H], g[:, H:]
+            k = keep[:, t]
+            dn = dh * vf[:, t]  # gradient reaching h' (a padded step passes dh straight to h)
+            ue = u * k
+            if paper:  # h' = h + ue * (c - h)
+                d_ue = dn * (c - h)
+                dc, dh_next = dn * ue, dh - dn * ue
+            else:  # h' = c + ue * (h - c)
+                d_ue = dn * (h - c)
+                dc, dh_next = dn - dn * ue, dh - dn + dn * ue
+            d_keep[t] = (d_ue * u).sum(-1)
+            dcp = torch.mul(dc, 1.0 - c * c, out=d_cand[t])  # through tanh
+            d_rh = dcp @ w_cand
+            dg = d_gates[t]
+            torch.mul(d_rh, h, out=dg[:, :H])
+            torch.mul(d_ue, k, out=dg[:, H:])
+            dg.mul_(g * (1.0 - g))  # through sigmoid
+            dh = dh_next + d_rh * r + dg @ w_gates
+        rh = gs[..., :H] * hs  # [L, B, H] the inputs of the candidate's recurrent matmul
+        d_wg = d_gates.reshape(L * B, 2 * H).t() @ hs.reshape(L * B, H)
+        d_wc = d_cand.reshape(L * B, H).t() @ rh.reshape(L * B, H)
+        d_att = d_keep.t() if paper else -d_keep.t()
+        return d_gates.transpose(0, 1), d_cand.transpose(0, 1), d_att, None, d_wg, d_wc, None
 
 
 class AuxiliaryLoss(nn.Module):
