@@ -1,0 +1,109 @@
+"""Training step time of the working tree against an earlier commit, on the same data and batches.
+
+The earlier commit is checked out into a temporary git worktree; each (version, model) cell runs in a
+fresh interpreter whose PYTHONPATH points at that version's src/, and rounds alternate the versions so
+machine noise hits both alike. Reports the median ms/step per cell and the speed-up.
+
+    python benchmarks/before_after.py --before 134f500 --data data/beauty --models dien can-dien
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CELL = r"""
+import json, sys, time, torch
+from canctr.data.batch import BatchLoader, load_split
+from canctr.data.schema import Schema
+from canctr.models import create_model
+from canctr.train.loop import train_step
+try:
+    from canctr.train.optim import make_optimizer
+except ImportError:  # versions before train/optim.py
+    from canctr.train.loop import make_optimizer
+data, model_name, bs, steps, warmup = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+schema = Schema.load(data)
+loader = BatchLoader(load_split(data, "train"), batch_size=bs, shuffle=True, seed=0, max_len=100, bucket=20,
+                     drop_last=True)
+batches = [b for _, b in zip(range(warmup + steps), loader.iter_epoch(0))]
+torch.manual_seed(0)
+model = create_model(model_name, schema)
+opt = make_optimizer(model, 1e-3)
+for b in batches[:warmup]:
+    train_step(model, b, opt)
+t0 = time.perf_counter()
+for b in batches[warmup:]:
+    train_step(model, b, opt)
+print(json.dumps({"ms": 1000 * (time.perf_counter() - t0) / (len(batches) - warmup)}))
+"""
+
+
+def run_cell(src: Path, data: str, model: str, bs: int, steps: int, warmup: int) -> float:
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    out = subprocess.run([sys.executable, "-c", CELL, data, model, str(bs), str(steps), str(warmup)],
+                         env=env, check=True, capture_output=True, text=True, cwd=ROOT)
+    return json.loads(out.stdout.strip().splitlines()[-1])["ms"]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--before", required=True, help="git revision to compare against")
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--models", nargs="+", default=["dien", "can-dien"])
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", default=None, help="results stem (JSON + markdown)")
+    a = ap.parse_args()
+    rev = subprocess.run(["git", "rev-parse", "--short", a.before], cwd=ROOT, check=True, capture_output=True,
+                         text=True).stdout.strip()
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True, capture_output=True,
+                          text=True).stdout.strip()
+    with tempfile.TemporaryDirectory() as tmp:
+        wt = Path(tmp) / "before"
+        subprocess.run(["git", "worktree", "add", "--detach", str(wt), rev], cwd=ROOT, check=True, capture_output=True)
+        try:
+            srcs = {"before": wt / "src", "after": ROOT / "src"}
+            ms: dict[tuple[str, str], list[float]] = {}
+            for r in range(a.rounds):
+                for model in a.models:
+                    for version in (("before", "after") if r % 2 == 0 else ("after", "before")):
+                        ms.setdefault((model, version), []).append(
+                            run_cell(srcs[version], a.data, model, a.batch_size, a.steps, a.warmup))
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(wt)], cwd=ROOT, check=False)
+    from canctr.env import machine_description
+
+    rows = [{"model": m, "before_ms": statistics.median(ms[(m, "before")]), "after_ms": statistics.median(ms[(m, "after")]),
+             "before_rounds": ms[(m, "before")], "after_rounds": ms[(m, "after")]} for m in a.models]
+    for r in rows:
+        r["speedup"] = r["before_ms"] / r["after_ms"]
+    meta = {"command": "python benchmarks/before_after.py " + " ".join(sys.argv[1:]), "before": rev,
+            "after": f"{head} + working tree", "date": time.strftime("%Y-%m-%d %H:%M"),
+            "machine": machine_description(), "batch_size": a.batch_size}
+    lines = [f"# Step time before ({rev}) and after ({head}), batch {a.batch_size}, {Path(a.data).name}", "",
+             f"Command: `{meta['command']}`  ", f"Date: {meta['date']}; machine: {meta['machine']}", "",
+             "| model | before ms/step | after ms/step | speed-up |", "|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['before_ms']:.2f} | {r['after_ms']:.2f} | {r['speedup']:.2f}× |" for r in rows]
+    print("\n".join(lines))
+    if a.out:
+        out = Path(a.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+        out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
