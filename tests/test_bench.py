@@ -32,3 +32,18 @@ def test_process_tree_rss_counts_children():
             "'import time; b = bytearray(300 * 2**20); time.sleep(1.0)'])")
     peak = _watch_tree_rss(subprocess.Popen([sys.executable, "-c", code]))
     assert peak > 300  # the grandchild's 300 MB are included
+
+
+def test_bench_pipeline_section_times_prepare_on_a_generated_file(tmp_path):
+    data = make_prepared(tmp_path / "data")
+    stem = tmp_path / "bench"
+    rc = main(["bench", "--data", str(data), "--sections", "pipeline", "--pipeline-reviews", "3000", "--workdir",
+               str(tmp_path / "work"), "--out", str(stem)])
+    assert rc == 0
+    r = json.loads(stem.with_suffix(".json").read_text())
+    assert r["train"] == [] and r["infer"] == [] and r["loader"] == []
+    (cell,) = r["pipeline"]
+    assert cell["reviews"] == 3000 and cell["reviews_per_second"] > 0 and cell["output_mb"] > 0
+    schema = json.loads((tmp_path / "work" / "amazon_3000_prepared" / "schema.json").read_text())
+    assert schema["counts"]["events"] == 3000
+    assert "| 3,000 |" in stem.with_suffix(".md").read_text()

@@ -45,6 +45,9 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+SECTIONS = ("train", "infer", "loader", "pipeline")
+
+
 def train_cell(data: str, model_name: str, batch_size: int, device: str, warmup: int, steps: int,
                seed: int = 0, optimizer: str = "adam") -> dict[str, Any]:
     """Steady-state training throughput of one model at one batch size (run in a fresh process)."""
@@ -217,24 +220,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "machine": machine_description(dev), "device": str(dev), "data": args.data,
         "dataset": Schema.load(args.data).dataset, "train": [], "infer": [], "loader": [], "pipeline": [],
     }
-    for model in args.models:
+    for model in args.models if "train" in args.sections else ():
         for bs in (128, big):
             cell = _in_subprocess("train_cell", data=args.data, model_name=model, batch_size=bs, device=args.device,
                                   warmup=args.warmup, steps=args.steps, optimizer=args.optimizer)
             print(f"train  {model:<10} batch {bs:>5}: {cell['samples_per_second']:>10,.0f} samples/s  "
                   f"{cell['step_ms']:.2f} ms/step  peak {cell['peak_memory_mb']:,.0f} MB", flush=True)
             result["train"].append(cell)
+    for model in args.models if "infer" in args.sections else ():
         cell = _in_subprocess("infer_cell", data=args.data, model_name=model, device=args.device,
                               candidates=args.candidates, requests=args.requests, bulk_batch=big)
         print(f"infer  {model:<10} 1x{args.candidates}: p50 {cell['latency_p50_ms']:.2f} ms  p99 "
               f"{cell['latency_p99_ms']:.2f} ms; bulk {cell['bulk_samples_per_second']:,.0f} samples/s", flush=True)
         result["infer"].append(cell)
-    for bs in (128, big):
+    for bs in (128, big) if "loader" in args.sections else ():
         cell = _in_subprocess("loader_cell", data=args.data, device=args.device, batch_size=bs)
         print(f"loader batch {bs}: {cell['samples_per_second']:,.0f} samples/s", flush=True)
         result["loader"].append(cell)
-    if args.pipeline_reviews:
-        cell = pipeline_cell(args.pipeline_reviews, args.workdir)
+    for n in args.pipeline_reviews if "pipeline" in args.sections else ():
+        cell = pipeline_cell(n, args.workdir)
         print(f"pipeline {cell['reviews']:,} reviews: {cell['reviews_per_second']:,.0f} reviews/s, "
               f"peak RSS {cell['peak_rss_mb']:,.0f} MB", flush=True)
         result["pipeline"].append(cell)
@@ -259,9 +263,11 @@ def to_markdown(r: dict[str, Any]) -> str:
                   for c in r["loader"]]
     if r["pipeline"]:
         lines += ["", "## Data pipeline (`canctr prepare amazon`, generated McAuley JSON)", "",
-                  "| reviews | input MB | seconds | reviews/s | peak RSS MB | output MB |", "|---|---|---|---|---|---|"]
+                  "| reviews | input MB | seconds | reviews/s | peak RSS MB | output MB | peak / output |",
+                  "|---|---|---|---|---|---|---|"]
         lines += [f"| {c['reviews']:,} | {c['input_mb']:,.0f} | {c['seconds']:.1f} | {c['reviews_per_second']:,.0f} | "
-                  f"{c['peak_rss_mb']:,.0f} | {c['output_mb']:,.0f} |" for c in r["pipeline"]]
+                  f"{c['peak_rss_mb']:,.0f} | {c['output_mb']:,.0f} | {c['peak_rss_mb'] / c['output_mb']:.1f} |"
+                  for c in r["pipeline"]]
     return "\n".join(lines) + "\n"
 
 
@@ -276,7 +282,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--candidates", type=int, default=100)
     p.add_argument("--requests", type=int, default=300)
-    p.add_argument("--pipeline-reviews", type=int, default=0, help="also time `prepare amazon` on N generated reviews")
+    p.add_argument("--pipeline-reviews", type=int, nargs="*", default=[],
+                   help="also time `prepare amazon` on generated files of N reviews (several N: memory scaling)")
+    p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="what to measure")
     p.add_argument("--workdir", default="/tmp/canctr-bench", help="where generated raw files are cached")
     p.add_argument("--out", default=None, help="results file stem (default benchmarks/results/bench_<device>)")
     p.set_defaults(func=cmd_bench)
