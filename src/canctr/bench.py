@@ -5,7 +5,7 @@ on CPU, max allocated on GPU) is its own. Measured:
     train      samples/s in steady state (after warm-up steps) with the training loader (length bucketing)
     infer      one request of 1 user x C candidates: latency p50 / p99; bulk scoring of the test split
     loader     the BatchLoader alone (samples/s), to show data loading is not the bottleneck
-    pipeline   `canctr prepare amazon` on a generated McAuley-format file (reviews/s end to end, peak RSS)
+    pipeline   `canctr prepare amazon` on a generated McAuley-format file (reviews/s end to end, peak memory of all its processes)
 Results: benchmarks/results/bench_<device>.json and .md (or --out).
 """
 
@@ -151,8 +151,20 @@ def loader_cell(data: str, device: str, batch_size: int) -> dict[str, Any]:
     return {"batch_size": batch_size, "samples_per_second": n / (time.perf_counter() - t0)}
 
 
+def _pss_bytes(pid: int) -> int | None:
+    """Proportional set size: pages shared between processes (fork's copy-on-write) count once in total."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def _tree_rss_mb(root: int) -> float:
-    """Resident memory of `root` and all its descendants now (Linux /proc), MB."""
+    """Memory of `root` and all its descendants now (Linux /proc), MB: the sum of their PSS, or of their RSS
+    where smaps_rollup is unreadable (which counts shared pages once per process)."""
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
     for d in Path("/proc").iterdir():
@@ -167,7 +179,8 @@ def _tree_rss_mb(root: int) -> float:
     total, todo = 0, [root]
     while todo:
         pid = todo.pop()
-        total += rss.get(pid, 0)
+        pss = _pss_bytes(pid)
+        total += pss if pss is not None else rss.get(pid, 0)
         todo += children.get(pid, [])
     return total / 2**20
 
@@ -198,10 +211,11 @@ def pipeline_cell(reviews: int, workdir: str) -> dict[str, Any]:
     if proc.returncode:
         raise subprocess.CalledProcessError(proc.returncode, cmd)
     seconds = time.perf_counter() - t0
-    peak = max(peak_tree, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
+    # the tree's summed PSS; the largest single process' RSS high-water mark where /proc is missing
+    peak = peak_tree or resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     out_mb = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2**20
     return {"reviews": reviews, "input_mb": (raw / "reviews.json").stat().st_size / 2**20, "seconds": seconds,
-            "reviews_per_second": reviews / seconds, "peak_rss_mb": peak, "output_mb": out_mb,
+            "reviews_per_second": reviews / seconds, "peak_memory_mb": peak, "output_mb": out_mb,
             "command": " ".join(cmd)}
 
 
@@ -240,7 +254,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for n in args.pipeline_reviews if "pipeline" in args.sections else ():
         cell = pipeline_cell(n, args.workdir)
         print(f"pipeline {cell['reviews']:,} reviews: {cell['reviews_per_second']:,.0f} reviews/s, "
-              f"peak RSS {cell['peak_rss_mb']:,.0f} MB", flush=True)
+              f"peak memory {cell['peak_memory_mb']:,.0f} MB", flush=True)
         result["pipeline"].append(cell)
     return result
 
@@ -263,10 +277,10 @@ def to_markdown(r: dict[str, Any]) -> str:
                   for c in r["loader"]]
     if r["pipeline"]:
         lines += ["", "## Data pipeline (`canctr prepare amazon`, generated McAuley JSON)", "",
-                  "| reviews | input MB | seconds | reviews/s | peak RSS MB | output MB | peak / output |",
+                  "| reviews | input MB | seconds | reviews/s | peak memory MB (PSS, all processes) | output MB | peak / output |",
                   "|---|---|---|---|---|---|---|"]
         lines += [f"| {c['reviews']:,} | {c['input_mb']:,.0f} | {c['seconds']:.1f} | {c['reviews_per_second']:,.0f} | "
-                  f"{c['peak_rss_mb']:,.0f} | {c['output_mb']:,.0f} | {c['peak_rss_mb'] / c['output_mb']:.1f} |"
+                  f"{c['peak_memory_mb']:,.0f} | {c['output_mb']:,.0f} | {c['peak_memory_mb'] / c['output_mb']:.1f} |"
                   for c in r["pipeline"]]
     return "\n".join(lines) + "\n"
 

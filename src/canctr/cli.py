@@ -17,7 +17,7 @@ import os
 import sys
 from typing import Any
 
-from canctr.train.optim import OPTIMIZERS
+from canctr.config import OPTIMIZERS
 
 
 def _parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -124,7 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["prepare"]:  # numpy only: skip the other commands' imports (torch: ~1 s and ~300 MB)
+        from canctr.data.cli_prepare import register as register_prepare
+
+        parser = argparse.ArgumentParser(prog="canctr")
+        register_prepare(parser.add_subparsers(dest="command", required=True))
+    else:
+        parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:

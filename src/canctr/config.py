@@ -112,3 +112,6 @@ def replace(cfg: T, overrides: dict[str, Any]) -> T:
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+OPTIMIZERS: tuple[str, ...] = ("adam", "lazy_adam")  # see train/optim.py (kept here: no torch import)

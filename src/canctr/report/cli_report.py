@@ -10,7 +10,7 @@ import json
 import shlex
 from pathlib import Path
 
-from canctr.train.optim import OPTIMIZERS
+from canctr.config import OPTIMIZERS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

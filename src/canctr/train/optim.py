@@ -16,8 +16,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from canctr.config import OPTIMIZERS
+
 OptimizerName = Literal["adam", "lazy_adam"]
-OPTIMIZERS: tuple[str, ...] = ("adam", "lazy_adam")
 
 
 def _adam(params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
