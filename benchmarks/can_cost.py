@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from canctr.data.batch import BatchLoader, load_split
+from canctr.bench import training_batches
+from canctr.data.batch import load_split
 from canctr.data.schema import Schema
 from canctr.env import machine_description
 from canctr.models import create_model
@@ -63,12 +64,7 @@ def main() -> int:
     base, can = a.models
     rows = []
     for bs in a.batch_sizes:
-        loader = BatchLoader(arrays, batch_size=bs, shuffle=True, seed=0, max_len=100, bucket=20, drop_last=True)
-        need = a.warmup + a.steps
-        batches, epoch = [], 0
-        while len(batches) < need:
-            batches += list(loader.iter_epoch(epoch))[: need - len(batches)]
-            epoch += 1
+        batches = training_batches(arrays, bs, a.warmup + a.steps)
         for optimizer in a.optimizers:
             t_base, t_can = interleaved(schema, batches, (base, can), optimizer, a.warmup, a.chunk)
             per_chunk = sorted(c / b for b, c in zip(t_base, t_can))

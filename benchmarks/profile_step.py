@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from canctr.data.batch import BatchLoader, load_split
+from canctr.bench import training_batches
+from canctr.data.batch import load_split
 from canctr.data.schema import Schema
 from canctr.env import machine_description
 from canctr.models import create_model
@@ -34,9 +35,7 @@ def main() -> int:
     a = ap.parse_args()
     dev = resolve_device(a.device)
     schema, arrays = Schema.load(a.data), load_split(a.data, "train")
-    loader = BatchLoader(arrays, batch_size=a.batch_size, shuffle=True, seed=0, max_len=100, bucket=20,
-                         drop_last=True, device=dev)
-    batches = [b for _, b in zip(range(a.steps + 10), loader.iter_epoch(0))]
+    batches = training_batches(arrays, a.batch_size, a.steps + 10, device=dev)
     sort = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     lines = [f"# Training-step profiles ({schema.dataset}, batch {a.batch_size}, {a.optimizer}, {dev.type})", "",

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from canctr.data.batch import BatchLoader, load_split
+from canctr.bench import training_batches
+from canctr.data.batch import load_split
 from canctr.data.schema import Schema
 from canctr.env import machine_description
 from canctr.models import create_model
@@ -33,8 +34,7 @@ def step_ms(schema, arrays, model_name: str, bucket: int, fused: bool, steps: in
     torch.manual_seed(0)
     model = create_model(model_name, schema)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused) if fused else torch.optim.Adam(model.parameters(), lr=1e-3)
-    loader = BatchLoader(arrays, batch_size=128, shuffle=True, seed=0, max_len=100, bucket=bucket)
-    batches = list(loader.iter_epoch(0))[: warmup + steps]
+    batches = training_batches(arrays, 128, warmup + steps, bucket=bucket)
     for b in batches[:warmup]:
         train_step(model, b, opt)
     t0 = time.perf_counter()

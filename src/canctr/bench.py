@@ -12,6 +12,7 @@ Results: benchmarks/results/bench_<device>.json and .md (or --out).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -77,6 +78,15 @@ def _cycle(loader: BatchLoader):
     while True:
         yield from loader.iter_epoch(epoch)
         epoch += 1
+
+
+def training_batches(arrays: dict[str, Any], batch_size: int, n: int, *, bucket: int = 20, seed: int = 0,
+                     device: torch.device | str = "cpu") -> list[Batch]:
+    """The first n training batches (length-bucketed, full-size, crossing epochs if needed): the fixed batch
+    sequence the benchmark scripts time every variant on."""
+    loader = BatchLoader(arrays, batch_size=batch_size, shuffle=True, seed=seed, max_len=100, bucket=bucket,
+                         drop_last=True, device=device)
+    return list(itertools.islice(_cycle(loader), n))
 
 
 def request_batch(arrays: dict[str, np.ndarray], row: int, candidates: np.ndarray, device: torch.device) -> Batch:

@@ -112,12 +112,13 @@ def worker_pool(workers: int) -> Iterator[Executor | None]:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def ordered_map(fn: Callable[[T], R], items: Iterable[T], pool: Executor | None, in_flight: int = 0) -> Iterator[R]:
-    """fn over items, results in input order; at most `in_flight` items submitted ahead (bounded memory)."""
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], pool: Executor | None, in_flight: int = 4) -> Iterator[R]:
+    """fn over items, results in input order; at most `in_flight` items submitted ahead (bounded memory:
+    a few blocks per worker of the 2-core machines this targets)."""
     if pool is None:
         yield from map(fn, items)
         return
-    limit = in_flight or 2 * getattr(pool, "_max_workers", 2)
+    limit = max(in_flight, 1)
     pending: deque[Future[R]] = deque()
     try:
         for item in items:

@@ -599,9 +599,11 @@ def prepare_amazon(
     workers: processes that parse review blocks and checksum the inputs meanwhile (0: one per core,
     1: all in this process). The output does not depend on it.
     """
-    with chunks.worker_pool(workers or chunks.default_workers()) as pool:
+    workers = workers or chunks.default_workers()
+    with chunks.worker_pool(workers) as pool:
         sources = [chunks.submit_or_run(pool, describe_source, p) for p in (reviews, meta)]
-        log = readers.read_amazon_reviews(reviews, skip_bad_rows=opts.skip_bad_rows, pool=pool)
+        log = readers.read_amazon_reviews(reviews, skip_bad_rows=opts.skip_bad_rows, pool=pool,
+                                          in_flight=2 * workers)
         cate_of, skipped_meta = readers.read_amazon_meta(meta, log.items.index, skip_bad_rows=opts.skip_bad_rows)
         described = [get() for get in sources]
     return _prepare_events(

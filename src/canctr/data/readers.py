@@ -285,7 +285,8 @@ def _parse_review_block(block_and_skip: tuple[chunks.Block, bool]) -> _ReviewBlo
                 i_codes = [items.setdefault(r.asin, len(items)) for r in reviews]
                 return _ReviewBlock(list(users), list(items), np.array(u_codes, np.int64),
                                     np.array(i_codes, np.int64), times, n_lines, [])
-        users.clear(), items.clear()
+        users.clear()  # a doubtful block: start over line by line
+        items.clear()
     lines = chunks.split_lines(data)
     u, i, t = array("q"), array("q"), array("q")
     errors: list[tuple[int, str]] = []
@@ -326,10 +327,12 @@ def read_amazon_reviews(
     skip_bad_rows: bool = False,
     pool: Executor | None = None,
     block_bytes: int = chunks.BLOCK_BYTES,
+    in_flight: int = 4,
 ) -> Interactions:
     """McAuley `reviews_<Cat>[_5].json[.gz]`: one event per review (every review is a positive).
 
-    Parsed in blocks of lines, on `pool`'s processes when given; the result does not depend on either.
+    Parsed in blocks of lines, on `pool`'s processes when given (`in_flight` blocks queued ahead: about twice
+    the workers); the result does not depend on any of these.
     """
     path = Path(path)
     gz = _is_gzip(path)
@@ -343,7 +346,7 @@ def read_amazon_reviews(
         return DataFormatError(path, f"corrupt or unreadable data after line {lines_read} ({e})")
 
     blocks = ((b, skip_bad_rows) for b in chunks.iter_blocks(path, gz, block_bytes, corrupt))
-    for res in chunks.ordered_map(_parse_review_block, blocks, pool):
+    for res in chunks.ordered_map(_parse_review_block, blocks, pool, in_flight):
         if res.errors and not skip_bad_rows:
             lineno, problem = res.errors[0]
             raise DataFormatError(path, problem, line0 + lineno)
@@ -418,7 +421,9 @@ def read_amazon_meta(
     """McAuley `meta_<Cat>.json[.gz]` -> ({item code: category} for the asins in `wanted`, skipped rows).
 
     Lines whose asin is visibly not wanted are skipped unparsed: literal_eval is slow and the meta file
-    covers far more items than a 5-core review file.
+    covers far more items than a 5-core review file. A line of the usual shape (`{'asin': ...` first, a
+    `'categories': [[...]]` list of plain quoted strings, closing `}`) is read by pattern (`_fast_meta`),
+    which checks those parts but not the rest of the line; every other line is fully parsed.
     """
     skipped: dict[str, int] = {}
     cate: dict[int, str] = {}

@@ -213,7 +213,7 @@ class CoActionFeatures(nn.Module):
             feed_parts.append(feed if feed.dim() == 3 else feed.unsqueeze(1))  # a fed target id: [B, 1, D]
             ind_parts.append(inducers[i][..., bi * P : (bi + 1) * P])
         n = len(self.roles)
-        if n > 1 and len({(t.shape, t.dim()) for t in ind_parts}) == 1 and len({t.shape for t in feed_parts}) == 1:
+        if n > 1 and len({t.shape for t in ind_parts}) == 1 and len({t.shape for t in feed_parts}) == 1:
             # same shapes (the default item and cate pairs): one unit call over the pairs stacked on the batch
             # axis halves the number of small ops; per-sample math is unchanged. [n*B, ...] -> [B, n * out]
             B = mask.shape[0]
