@@ -182,6 +182,8 @@ def _fit(cfg: TrainConfig, run_dir: Path, resume: bool) -> dict[str, Any]:
             "train_seconds": train_seconds, "samples_seen": seen,
         })
 
+    final: dict[str, Any] | None = None  # evaluation of the model as trained, set at each epoch end
+    eval_seconds = 0.0
     for epoch in range(start_epoch, cfg.epochs):
         for g in optimizer.param_groups:
             g["lr"] = cfg.lr * (cfg.lr_decay ** epoch)
@@ -226,16 +228,20 @@ def _fit(cfg: TrainConfig, run_dir: Path, resume: bool) -> dict[str, Any]:
         train_seconds += time.perf_counter() - t0
         if bar is not None:
             bar.close()
-        m = evaluate(model, test_loader)
+        t_eval = time.perf_counter()
+        m = final = evaluate(model, test_loader)
+        eval_seconds = time.perf_counter() - t_eval
         curves.append({"epoch": epoch, "step": n_batches, "eval_auc": m["auc"], "eval_gauc": m["gauc"],
                        "eval_logloss": m["logloss"], "samples": seen})
         log.info("epoch %d: auc %.5f gauc %.5f logloss %.5f", epoch, m["auc"], m["gauc"], m["logloss"])
         checkpoint(epoch + 1, 0, finished=epoch + 1 == cfg.epochs)
         start_step = 0
 
-    t_eval = time.perf_counter()
-    metrics = evaluate(model, test_loader)
-    eval_seconds = time.perf_counter() - t_eval
+    if final is None:  # resumed a finished run: nothing trained here, evaluate the loaded model
+        t_eval = time.perf_counter()
+        final = evaluate(model, test_loader)
+        eval_seconds = time.perf_counter() - t_eval
+    metrics = final  # the last epoch's evaluation is the final one: the model has not changed since
     result = {
         **metrics,
         "model": cfg.model,
