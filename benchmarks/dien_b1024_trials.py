@@ -6,6 +6,8 @@ Each variant trains canctr's DIEN for seeds 1..N with `canctr reproduce` and rep
     prelu          PReLU instead of Dice in the final MLP
     aux_dot        torch-rechub's auxiliary loss: sigmoid(h_t . e_{t+1}) instead of the MLP (patched in here,
                    not a canctr option)
+    hidden_norm=batchnorm  torch-rechub's MLP: a train-mode BatchNorm after each hidden Linear
+    norm=batchnorm a train-mode BatchNorm on the MLP input (the official code's BN is inference-mode)
 
     python benchmarks/dien_b1024_trials.py --data data/beauty --seeds 4
 """
@@ -26,7 +28,8 @@ from canctr.env import machine_description
 from canctr.layers import sequence
 
 VARIANTS = {"default": [], "aux_weight=0.2": ["--set", "aux_weight=0.2"], "prelu": ["--set", "activation=prelu"],
-            "aux_dot": []}
+            "aux_dot": [], "hidden_norm=batchnorm": ["--set", "hidden_norm=batchnorm"],
+            "norm=batchnorm": ["--set", "norm=batchnorm"]}
 
 
 def _dot_aux(self, states, clicked, negative, mask):  # noqa: ANN001, ANN202 (AuxiliaryLoss.forward's signature)
@@ -51,11 +54,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", required=True)
     ap.add_argument("--seeds", type=int, default=4)
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--work", default="runs/dien_b1024_trials")
     ap.add_argument("--out", default="benchmarks/results/dien_b1024_trials_cpu.md")
     a = ap.parse_args()
     rows = []
-    for name, extra in VARIANTS.items():
+    for name in a.variants:
+        extra = VARIANTS[name]
         out = Path(a.work) / name.replace("=", "_")
         with dot_aux_loss() if name == "aux_dot" else contextlib.nullcontext():
             rc = canctr(["reproduce", "--data", a.data, "--models", "dien", "--seeds", str(a.seeds), "--batch-size",

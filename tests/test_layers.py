@@ -138,12 +138,18 @@ LAYOUTS = {"target": (0, 5), "swapped": (5, 1), "per_position": (5, 5)}
 
 @pytest.mark.parametrize("layout", ["target", "swapped", "per_position"])
 @pytest.mark.parametrize(
-    "bias,activate_last,order_combine,order_independent,layer_outputs",
-    list(itertools.product([False, True], [False, True], ["concat", "sum"], [False, True], ["concat", "last"])),
+    "activation,bias,activate_last,order_combine,order_independent,layer_outputs",
+    list(itertools.product(["tanh", "none"], [False, True], [False, True], ["concat", "sum"], [False, True],
+                           ["concat", "last"])),
 )
-def test_coaction_matches_naive_loops(bias, activate_last, order_combine, order_independent, layer_outputs, layout):
+def test_coaction_matches_naive_loops(
+    activation, bias, activate_last, order_combine, order_independent, layer_outputs, layout
+):
+    # with one micro-MLP per sample the unit pools before its linear tail (after layer 1 with tanh, on the
+    # input powers with no activation, after the last layer with activate_last): all against the per-position loop
     cfg = CoActionConfig(
         layers=((4, 3), (3, 2)),
+        activation=activation,
         bias=bias,
         activate_last=activate_last,
         orders=3,
@@ -173,6 +179,19 @@ def test_coaction_swapped_fm_special_case():
     expected = masked_sum((hist * target[:, None]).sum(-1, keepdim=True), mask)
     torch.testing.assert_close(unit(target, hist, mask), expected)
     torch.testing.assert_close(unit(hist, target[:, None], mask), expected)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_coaction_target_induction_ignores_padded_feed(bias):
+    unit = CoAction(CoActionConfig(bias=bias))
+    induction = torch.randn(2, unit.induction_dim)
+    feed = torch.randn(2, 4, 16, requires_grad=True)
+    mask = lengths_to_mask(torch.tensor([4, 1]), 4)
+    out = unit(induction, feed, mask)
+    out.sum().backward()
+    assert feed.grad[1, 1:].abs().sum() == 0 and feed.grad[1, :1].abs().sum() > 0
+    noisy = torch.where(mask[..., None], feed, 1e3 * torch.randn(2, 4, 16))
+    torch.testing.assert_close(unit(induction, noisy, mask), out)
 
 
 def test_coaction_per_position_induction_ignores_padding():
@@ -243,6 +262,22 @@ def test_mlp_shapes_and_init():
     assert [tuple(m.weight.shape) for m in linears] == [(6, 10), (4, 6), (1, 4)]
     assert all(m.bias.abs().sum() == 0 for m in linears)
     assert MLP(10, (6,), norm="batchnorm", activation="dice")(torch.randn(4, 10)).shape == (4, 1)
+
+
+def test_mlp_hidden_batchnorm_normalises_each_hidden_layer_in_training():
+    torch.manual_seed(0)
+    mlp = MLP(10, (6, 4), activation="prelu", hidden_norm="batchnorm")
+    kinds = [type(m).__name__ for m in mlp.net]
+    assert kinds == ["Affine", "Linear", "BatchNorm", "PReLU", "Linear", "BatchNorm", "PReLU", "Linear"]
+    x = torch.randn(64, 10) * 5 + 3
+    pre = mlp.net[:3](x)  # affine -> Linear -> BN, before the first activation
+    torch.testing.assert_close(pre.mean(0), torch.zeros(6), atol=1e-5, rtol=0)
+    torch.testing.assert_close(pre.var(0, unbiased=False), torch.ones(6), atol=1e-3, rtol=0)
+    mlp.eval()  # running statistics: a sample's score does not depend on its batch-mates
+    torch.testing.assert_close(mlp(x[:3]), mlp(x)[:3])
+    assert len(MLP(10, (6, 4)).net) == 6  # default: no hidden normalisation, the official head
+    with pytest.raises(ValueError, match="hidden_norm"):
+        MLP(10, (6,), hidden_norm="layernorm")
 
 
 def test_mlp_late_features_join_before_the_output_layer():

@@ -213,7 +213,8 @@ def test_zoo_default_widths():
 
 @pytest.mark.parametrize(
     "name,overrides",
-    [("pnn", {"product": "outer"}), ("onn", {"product": "inner"}), ("dcn-v2", {"structure": "parallel", "rank": 8})],
+    [("pnn", {"product": "outer"}), ("onn", {"product": "inner"}), ("dcn-v2", {"structure": "parallel", "rank": 8}),
+     ("dien", {"hidden_norm": "batchnorm"}), ("can-dnn", {"hidden_norm": "batchnorm"})],
 )
 def test_zoo_options_train_cleanly(name, overrides):
     check_every_parameter_gets_a_gradient(build(name, overrides=overrides))

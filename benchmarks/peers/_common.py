@@ -35,8 +35,11 @@ LR = 1e-3  # Adam, no weight decay, no regularisation
 FIELDS = ("label", "user", "item", "cate", "hist_item", "hist_cate", "hist_len", "neg_hist_item", "neg_hist_cate")
 
 
-def parse_args(description: str) -> argparse.Namespace:
+def parse_args(description: str, *, canctr: bool = False) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=description)
+    if canctr:
+        ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="canctr model config override, as `canctr train --set`")
     ap.add_argument("--data", required=True, help="canctr prepared directory (train/, test/, schema.json)")
     ap.add_argument("--model", required=True, help="din | dien (canctr also: can-dien)")
     ap.add_argument("--batch-size", type=int, required=True)

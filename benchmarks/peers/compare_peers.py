@@ -144,6 +144,8 @@ def run_job(job: Job, args: argparse.Namespace, data: Path, logs: Path) -> dict:
     cmd = [str(job.python), str(HERE / job.worker), "--data", str(data), "--model", job.model,
            "--batch-size", str(job.batch_size), "--threads", str(args.threads),
            "--warmup-batches", str(args.warmup_batches), "--seed", str(args.seed)]
+    if job.library == "canctr":
+        cmd += [arg for kv in args.canctr_set for arg in ("--set", kv)]
     # one thread count for every library, including the BLAS/OpenMP pools torch may start; no progress bars
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
            "TQDM_DISABLE": "1"}
@@ -220,6 +222,8 @@ def markdown(report: dict) -> str:
          f"{m['history_width']}); {m['repeats']} alternating repeat(s); {m['threads']} threads per run; "
          f"machine: {m['machine']}; {m['date']}."),
         f"Versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}.",
+        *([f"canctr model overrides (`--canctr-set`): {', '.join(m['canctr_set'])}; every other setting is the "
+           "default."] if m.get("canctr_set") else []),
         "",
         (f"samples/s = median steady training throughput: steps after the first {m['warmup_batches']} warm-up "
          "batches, each step timed from the previous optimizer step to its own (batch fetch with the "
@@ -291,6 +295,7 @@ def run(args: argparse.Namespace) -> int:
         "meta": {"data": str(data), "train_samples": n_train, "test_samples": int(test["label"].shape[0]),
                  "history_width": int(test["hist_item"].shape[1]), "repeats": args.repeats,
                  "threads": args.threads, "warmup_batches": args.warmup_batches, "seed": args.seed,
+                 "canctr_set": args.canctr_set,
                  "machine": f"{cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}",
                  "date": time.strftime("%Y-%m-%d %H:%M"), "versions": versions,
                  "command": shlex.join([sys.executable, *sys.argv])},
@@ -335,6 +340,9 @@ def main() -> int:
     r.add_argument("--max-train-samples", type=int, help="train every library on the first N training rows")
     r.add_argument("--seed", type=int, default=3)
     r.add_argument("--timeout", type=float, help="seconds per run")
+    r.add_argument("--canctr-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="model config override for canctr's runs (as `canctr train --set`), e.g. "
+                        "hidden_norm=batchnorm to match torch-rechub's BN-per-layer MLP")
     args = ap.parse_args()
     return setup(args) if args.cmd == "setup" else run(args)
 

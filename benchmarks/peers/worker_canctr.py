@@ -1,7 +1,7 @@
 """canctr DIN / DIEN / CAN-DIEN through the library (canctr.train.loop.fit), timed like the peers' workers.
 
-Runs in canctr's own environment. Everything is canctr's default except batch size and epochs (1); the run
-directory is temporary. train_seconds / epoch_samples_per_second are fit's own figures (metrics.json's
+Runs in canctr's own environment. Everything is canctr's default except batch size, epochs (1) and any
+`--set KEY=VALUE` model overrides (compare_peers.py --canctr-set); the run directory is temporary. train_seconds / epoch_samples_per_second are fit's own figures (metrics.json's
 train_seconds / train_samples_per_second: the whole epoch loop, first batches included); samples_per_second
 is the steady figure measured as in every other worker (_common.StepClock).
 """
@@ -13,6 +13,7 @@ import tempfile
 import time
 
 import _common as c
+from canctr.cli import parse_overrides
 from canctr.models import make_config
 from canctr.train.loop import TrainConfig, fit
 
@@ -25,11 +26,12 @@ def settings(model: str) -> dict:
 
 
 def main() -> None:
-    args = c.parse_args(__doc__.split("\n")[0])
+    args = c.parse_args(__doc__.split("\n")[0], canctr=True)
     c.set_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="canctr-peers-") as run_dir:
         cfg = TrainConfig(data=args.data, model=args.model, out=run_dir, batch_size=args.batch_size, epochs=1,
-                          eval_batch_size=args.eval_batch_size, seed=args.seed, device="cpu", progress=False)
+                          eval_batch_size=args.eval_batch_size, seed=args.seed, device="cpu", progress=False,
+                          model_config=parse_overrides(args.set))
         clock = c.StepClock()
         t_call = time.perf_counter()
         m = fit(cfg)
@@ -38,7 +40,7 @@ def main() -> None:
     timing.update(train_seconds=m["train_seconds"], epoch_samples_per_second=m["train_samples_per_second"])
     c.emit({"library": "canctr", "model": args.model, "batch_size": args.batch_size,
             "train_samples": m["train_samples"], **timing, "test_auc": m["auc"], "n_params": m["n_params"],
-            "lr": cfg.lr, "settings": settings(args.model)})
+            "lr": cfg.lr, "settings": settings(args.model), "overrides": cfg.model_config})
 
 
 if __name__ == "__main__":

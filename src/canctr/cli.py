@@ -20,7 +20,7 @@ from typing import Any
 from canctr.config import OPTIMIZERS
 
 
-def _parse_overrides(items: list[str]) -> dict[str, Any]:
+def parse_overrides(items: list[str]) -> dict[str, Any]:
     """`--set coaction.orders=2 --set mlp=[256,128]`: values are JSON, falling back to plain strings."""
     out: dict[str, Any] = {}
     for item in items:
@@ -51,7 +51,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         data=args.data, model=args.model, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
         eval_batch_size=args.eval_batch_size, lr=args.lr, optimizer=args.optimizer, seed=args.seed, device=args.device,
         max_len=args.max_len, eval_max_len=args.eval_max_len, bucket=args.bucket,
-        model_config=_parse_overrides(args.set),
+        model_config=parse_overrides(args.set),
         checkpoint_every=args.checkpoint_every, eval_every=args.eval_every, progress=not args.no_progress,
     )
     m = fit(cfg, resume=args.resume)

@@ -114,6 +114,26 @@ class CoAction(nn.Module):
         blocks = C if cfg.order_independent else 1
         # block c drives order c (or one block for all): [B, blocks, Li, block_dim]
         params = ind.reshape(B, Li, blocks, self.block_dim).transpose(1, 2)
+        n_layers = len(cfg.layers)
+
+        def activated(i: int) -> bool:
+            return cfg.activation == "tanh" and (i < n_layers - 1 or cfg.activate_last)
+
+        # One micro-MLP per sample (Li = 1, the usual direction): the layers after the last activation are
+        # linear maps shared by every position, so they commute with the sum over L and run once on the pooled
+        # [B, C, 1, n] (the code's linear last layer: only 16->8 runs per position). Biases there count once
+        # per valid position. Per-position micro-MLPs (Li = L) pool after the last layer.
+        pool_at = max((i + 1 for i in range(n_layers) if activated(i)), default=0) if Li == 1 else n_layers
+        # Without biases a zero feed gives zero outputs (0**c = 0, tanh(0) = 0): masking the [B, L, D] feed
+        # replaces masking the [B, C, L, S] outputs, and pooling is a plain sum.
+        mask_feed = Li == 1 and not cfg.bias
+        if mask_feed:
+            feed = feed.masked_fill(~mask.unsqueeze(-1), 0.0)
+
+        def pool(t: Tensor) -> Tensor:  # masked sum over L: [B, C, L, n] -> [B, C, 1, n]
+            if not mask_feed:
+                t = t.masked_fill(~mask[:, None, :, None], 0.0)
+            return t.sum(dim=2, keepdim=True)
 
         # all orders at once: h [B, C, Lf, D] holds x, x**2, ..., x**C (element-wise powers), by repeated
         # multiplication: a tensor-exponent pow (and its backward) costs several times more on CPU
@@ -122,26 +142,36 @@ class CoAction(nn.Module):
             powers.append(powers[-1] * feed)
         h = torch.stack(powers, dim=1)
 
-        outputs = []
+        outputs: list[Tensor] = []  # what the unit returns per layer (all layers for "concat")
         offset = 0
-        last = len(cfg.layers) - 1
         for i, (n_in, n_out) in enumerate(cfg.layers):
+            if i == pool_at:
+                h, outputs = self._pool_outputs(h, outputs, pool)
             # row-major reshape, as tf.reshape: W[j, k] = params[offset + j * n_out + k]
             weight = params[..., offset : offset + n_in * n_out].reshape(B, blocks, Li, n_in, n_out)
             offset += n_in * n_out
             # one batched matmul; size-1 order / position axes broadcast, and einsum folds them into the
-            # matmul's rows or columns instead of copying the weights: [B, C, L, n_out]
+            # matmul's rows or columns instead of copying the weights: [B, C, L or 1, n_out]
             h = torch.einsum("bcli,bclio->bclo", h, weight)
             if cfg.bias:
-                h = h + params[..., offset : offset + n_out]  # [B, blocks, Li, n_out] broadcasts
+                b = params[..., offset : offset + n_out]  # [B, blocks, Li, n_out] broadcasts
+                h = h + (b if i < pool_at else b * mask.sum(1).to(b.dtype)[:, None, None, None])
                 offset += n_out
-            if cfg.activation == "tanh" and (i < last or cfg.activate_last):
+            if activated(i):
                 h = torch.tanh(h)
-            outputs.append(h)
-        if cfg.layer_outputs == "last":
-            outputs = outputs[-1:]
-
-        out = torch.cat(outputs, dim=-1)  # [B, C, L, S]
-        out = out.masked_fill(~mask[:, None, :, None], 0.0).sum(dim=2)  # masked SUM over L -> [B, C, S]
+            if cfg.layer_outputs == "concat":
+                outputs.append(h)
+        if pool_at == n_layers:
+            h, outputs = self._pool_outputs(h, outputs, pool)
+        out = (torch.cat(outputs, dim=-1) if cfg.layer_outputs == "concat" else h).squeeze(2)  # [B, C, S]
         # concat keeps the code's layout: order-major, the layers' outputs inside each order
         return out.reshape(B, -1) if cfg.order_combine == "concat" else out.sum(dim=1)
+
+    @staticmethod
+    def _pool_outputs(h: Tensor, outputs: list[Tensor], pool) -> tuple[Tensor, list[Tensor]]:  # noqa: ANN001
+        """Pool the per-position layer outputs so far with one masked sum; h (the latest of them, or the
+        input powers when none) continues pooled. -> (h [B, C, 1, n], [pooled outputs])."""
+        if not outputs:
+            return pool(h), []
+        pooled = pool(torch.cat(outputs, dim=-1))
+        return pooled[..., -h.shape[-1] :], [pooled]

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 Norm = Literal["affine", "batchnorm", "none"]
+HiddenNorm = Literal["none", "batchnorm"]
 Activation = Literal["prelu", "dice", "sigmoid"]
 
 TF_BN_EPS = 1e-3  # tf.layers.batch_normalization default epsilon
@@ -116,10 +117,12 @@ def make_activation(kind: Activation, dim: int) -> nn.Module:
 
 
 class MLP(nn.Module):
-    """norm -> [Linear -> activation] per hidden size -> Linear(out_dim), on [..., in_dim] inputs.
+    """norm -> [Linear -> (hidden BN) -> activation] per hidden size -> Linear(out_dim), on [..., in_dim].
 
     With the defaults this is the official `build_fcn_net`: BN(inference) -> 200 -> PReLU -> 80 -> PReLU
-    -> 1. `out_bias=False` drops the output bias where it is redundant (scores fed to a softmax).
+    -> 1. `hidden_norm="batchnorm"` adds a train-mode BatchNorm (torch defaults: eps 1e-5, momentum 0.1)
+    between every hidden Linear and its activation, as torch-rechub's MLP and FuxiCTR's `batch_norm=True`
+    do; it speeds up the first few hundred steps at large batch (docs/performance.md). `out_bias=False` drops the output bias where it is redundant (scores fed to a softmax).
     `late_dim` > 0 widens the output layer for features that skip the hidden layers and join the last
     hidden activation (NCF's GMF vector, DCN-V2's parallel cross network): `forward(x, late)`.
     """
@@ -131,15 +134,21 @@ class MLP(nn.Module):
         *,
         activation: Activation = "prelu",
         norm: Norm = "affine",
+        hidden_norm: HiddenNorm = "none",
         out_dim: int = 1,
         out_bias: bool = True,
         late_dim: int = 0,
     ) -> None:
         super().__init__()
+        if hidden_norm not in ("none", "batchnorm"):
+            raise ValueError(f"unknown hidden_norm {hidden_norm!r}; expected 'none' or 'batchnorm'")
         layers: list[nn.Module] = [make_norm(norm, in_dim)]
         dim = in_dim
         for width in hidden:
-            layers += [glorot_linear(dim, width), make_activation(activation, width)]
+            layers.append(glorot_linear(dim, width))
+            if hidden_norm == "batchnorm":
+                layers.append(BatchNorm(width))
+            layers.append(make_activation(activation, width))
             dim = width
         layers.append(glorot_linear(dim + late_dim, out_dim, bias=out_bias))
         self.net = nn.Sequential(*layers)

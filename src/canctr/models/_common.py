@@ -18,7 +18,7 @@ from canctr.data.schema import Schema
 from canctr.layers.coaction import CoAction, CoActionConfig
 from canctr.layers.embedding import EmbeddingInit, embedding_table, masked_sum
 from canctr.layers.interaction import LinearTerm
-from canctr.layers.mlp import MLP, Norm
+from canctr.layers.mlp import MLP, HiddenNorm, Norm
 
 
 @dataclass
@@ -29,13 +29,15 @@ class BackboneConfig:
     mlp: tuple[int, ...] = (200, 80)  # final MLP hidden sizes (then Linear -> 1 logit)
     activation: Literal["prelu", "dice"] = "prelu"
     norm: Norm = "affine"  # the code's always-inference BatchNorm; "batchnorm" = a real BN
+    hidden_norm: HiddenNorm = "none"  # "batchnorm": a real BN after each hidden Linear (torch-rechub, FuxiCTR)
     init: EmbeddingInit = "glorot"  # TF1 default; "normal" = the paper's N(0, 0.01)
 
 
 def head(config: BackboneConfig, in_dim: int, late_dim: int = 0) -> MLP:
     """The final MLP producing one logit per sample: [..., in_dim] (+ [..., late_dim] features joining
     before the output layer, see MLP) -> [..., 1]."""
-    return MLP(in_dim, config.mlp, activation=config.activation, norm=config.norm, late_dim=late_dim)
+    return MLP(in_dim, config.mlp, activation=config.activation, norm=config.norm, hidden_norm=config.hidden_norm,
+               late_dim=late_dim)
 
 
 @dataclass

@@ -50,13 +50,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from canctr.cli import _parse_overrides
+    from canctr.cli import parse_overrides
     from canctr.report.experiments import Grid, default_train_settings, parse_seeds, reproduce, resolve_models
 
     data = Path(args.data).resolve()
     out = Path(args.out or Path("reports") / data.name).resolve()
     models, seeds = resolve_models(args.models), parse_seeds(args.seeds)
-    overrides = _parse_overrides(args.set)
+    overrides = parse_overrides(args.set)
     train = {
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "optimizer": args.optimizer,
         "device": args.device,
