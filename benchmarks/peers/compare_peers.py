@@ -104,6 +104,7 @@ class Job:
     model: str
     batch_size: int
     repeat: int
+    seed: int
     python: Path
     worker: str
 
@@ -143,7 +144,7 @@ def peer_version(python: Path, dist: str) -> str:
 def run_job(job: Job, args: argparse.Namespace, data: Path, logs: Path) -> dict:
     cmd = [str(job.python), str(HERE / job.worker), "--data", str(data), "--model", job.model,
            "--batch-size", str(job.batch_size), "--threads", str(args.threads),
-           "--warmup-batches", str(args.warmup_batches), "--seed", str(args.seed)]
+           "--warmup-batches", str(args.warmup_batches), "--seed", str(job.seed)]
     if job.library == "canctr":
         cmd += [arg for kv in args.canctr_set for arg in ("--set", kv)]
     # one thread count for every library, including the BLAS/OpenMP pools torch may start; no progress bars
@@ -160,7 +161,7 @@ def run_job(job: Job, args: argparse.Namespace, data: Path, logs: Path) -> dict:
         tail = "\n".join((r.stdout + r.stderr).splitlines()[-15:])
         raise SystemExit(f"[{job.tag}] failed (exit {r.returncode}); full log {log}:\n{tail}")
     result = json.loads(lines[-1][len(c.RESULT_TAG):])
-    result.update(repeat=job.repeat, wall_seconds=time.perf_counter() - t0, load_before=load_before,
+    result.update(repeat=job.repeat, seed=job.seed, wall_seconds=time.perf_counter() - t0, load_before=load_before,
                   load_after=os.getloadavg()[0], log=str(log))
     print(f"[{job.tag}] {result['samples_per_second']:,.0f} samples/s (steady), "
           f"{result['epoch_samples_per_second']:,.0f} (epoch), AUC {result['test_auc']:.4f}, "
@@ -193,7 +194,10 @@ def summarise(results: list[dict]) -> dict:
     rows = []
     for (lib, model, b), rs in cells.items():
         med = {k: statistics.median(x[k] for x in rs) for k in MEDIANS}
-        rows.append({"library": lib, "model": model, "batch_size": b, "runs": len(rs), **med,
+        aucs = [x["test_auc"] for x in rs]
+        auc = {"test_auc_mean": statistics.fmean(aucs), "test_auc_std": statistics.stdev(aucs) if len(aucs) > 1 else 0.0,
+               "seeds": sorted({x.get("seed") for x in rs} - {None})}
+        rows.append({"library": lib, "model": model, "batch_size": b, "runs": len(rs), **med, **auc,
                      "samples_per_second_all": [x["samples_per_second"] for x in rs], "n_params": rs[0]["n_params"]})
     sps = {(r["library"], r["model"], r["batch_size"]): r["samples_per_second"] for r in rows}
     ratios = []
@@ -213,6 +217,12 @@ def summarise(results: list[dict]) -> dict:
     return {"cells": rows, "ratios": ratios, "can_dien": can_dien}
 
 
+def auc(cell: dict, meta: dict) -> str:
+    if meta.get("seed_per_repeat") and cell["runs"] > 1:
+        return f"{cell['test_auc_mean']:.4f} ± {cell['test_auc_std']:.4f}"
+    return f"{cell['test_auc']:.4f}"
+
+
 def markdown(report: dict) -> str:
     m = report["meta"]
     out = [
@@ -228,7 +238,9 @@ def markdown(report: dict) -> str:
         (f"samples/s = median steady training throughput: steps after the first {m['warmup_batches']} warm-up "
          "batches, each step timed from the previous optimizer step to its own (batch fetch with the "
          "library's loader + forward + backward + update). epoch = the whole epoch including the warm-up "
-         "(canctr: metrics.json's train_samples_per_second). AUC = global test AUC after 1 epoch."),
+         "(canctr: metrics.json's train_samples_per_second). AUC = global test AUC after 1 epoch"
+         + (f", mean ± std over the seeds {m['seed']}..{m['seed'] + m['repeats'] - 1} (repeat r trains with seed "
+            f"{m['seed']} + r)." if m.get("seed_per_repeat") else f" (seed {m['seed']}; median over repeats).")),
         "",
         "| model | batch | library | samples/s | epoch samples/s | test AUC | params | peak RSS MB | runs |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -238,7 +250,7 @@ def markdown(report: dict) -> str:
     cells = sorted(report["summary"]["cells"], key=lambda r: (models[r["model"]], r["batch_size"], order[r["library"]]))
     for r in cells:
         out.append(f"| {r['model']} | {r['batch_size']} | {r['library']} | {r['samples_per_second']:,.0f} | "
-                   f"{r['epoch_samples_per_second']:,.0f} | {r['test_auc']:.4f} | {r['n_params']:,} | "
+                   f"{r['epoch_samples_per_second']:,.0f} | {auc(r, m)} | {r['n_params']:,} | "
                    f"{r['peak_rss_mb']:,.0f} | {r['runs']} |")
     if report["summary"]["ratios"]:
         peers = [p.name for p in PEERS]
@@ -278,12 +290,13 @@ def run(args: argparse.Namespace) -> int:
             versions[peer.name] = peer_version(python, peer.packages[0].split("==")[0])
     jobs = []
     for repeat in range(args.repeats):  # repeats outermost: a slow spell of the machine hits every cell alike
+        seed = args.seed + repeat if args.seed_per_repeat else args.seed
         for model in args.models:
             for b in args.batch_sizes:
                 for lib in args.libraries:
-                    jobs.append(Job(lib, model, b, repeat, *libraries[lib]))
+                    jobs.append(Job(lib, model, b, repeat, seed, *libraries[lib]))
                     if lib == "canctr" and model == "dien" and args.can_dien:
-                        jobs.append(Job(lib, "can-dien", b, repeat, *libraries[lib]))
+                        jobs.append(Job(lib, "can-dien", b, repeat, seed, *libraries[lib]))
     print(f"{len(jobs)} runs on {data} ({n_train:,} train samples), {args.threads} threads each", flush=True)
     results = []
     for job in jobs:
@@ -295,6 +308,7 @@ def run(args: argparse.Namespace) -> int:
         "meta": {"data": str(data), "train_samples": n_train, "test_samples": int(test["label"].shape[0]),
                  "history_width": int(test["hist_item"].shape[1]), "repeats": args.repeats,
                  "threads": args.threads, "warmup_batches": args.warmup_batches, "seed": args.seed,
+                 "seed_per_repeat": args.seed_per_repeat,
                  "canctr_set": args.canctr_set,
                  "machine": f"{cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}",
                  "date": time.strftime("%Y-%m-%d %H:%M"), "versions": versions,
@@ -339,6 +353,8 @@ def main() -> int:
     r.add_argument("--warmup-batches", type=int, default=5)
     r.add_argument("--max-train-samples", type=int, help="train every library on the first N training rows")
     r.add_argument("--seed", type=int, default=3)
+    r.add_argument("--seed-per-repeat", action="store_true",
+                   help="repeat r trains with seed SEED + r, so AUC gets a mean and std over seeds")
     r.add_argument("--timeout", type=float, help="seconds per run")
     r.add_argument("--canctr-set", action="append", default=[], metavar="KEY=VALUE",
                    help="model config override for canctr's runs (as `canctr train --set`), e.g. "
