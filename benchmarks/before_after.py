@@ -85,7 +85,8 @@ def main() -> int:
             subprocess.run(["git", "worktree", "remove", "--force", str(wt)], cwd=ROOT, check=False)
     from canctr.env import machine_description
 
-    rows = [{"model": m, "before_ms": statistics.median(ms[(m, "before")]), "after_ms": statistics.median(ms[(m, "after")]),
+    rows = [{"model": m, "before_ms": statistics.median(ms[(m, "before")]),
+             "after_ms": statistics.median(ms[(m, "after")]),
              "before_rounds": ms[(m, "before")], "after_rounds": ms[(m, "after")]} for m in a.models]
     for r in rows:
         r["speedup"] = r["before_ms"] / r["after_ms"]

@@ -68,7 +68,10 @@ def main() -> int:
         for optimizer in a.optimizers:
             t_base, t_can = interleaved(schema, batches, (base, can), optimizer, a.warmup, a.chunk)
             per_chunk = sorted(c / b for b, c in zip(t_base, t_can))
-            q = lambda f: per_chunk[min(len(per_chunk) - 1, int(f * len(per_chunk)))]  # noqa: E731
+
+            def q(f: float, per_chunk: list[float] = per_chunk) -> float:  # the f-quantile of the chunk ratios
+                return per_chunk[min(len(per_chunk) - 1, int(f * len(per_chunk)))]
+
             steps = a.chunk * len(t_base)
             row = {"batch_size": bs, "optimizer": optimizer, "steps": steps, "chunk": a.chunk,
                    f"{base}_ms": 1000 * sum(t_base) / steps, f"{can}_ms": 1000 * sum(t_can) / steps,
@@ -76,17 +79,19 @@ def main() -> int:
                    "chunk_ratio_q25": q(0.25), "chunk_ratio_q75": q(0.75)}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    meta = {"command": "python benchmarks/can_cost.py " + " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d %H:%M"),
-            "machine": machine_description(), "data": schema.dataset}
+    meta = {"command": "python benchmarks/can_cost.py " + " ".join(sys.argv[1:]),
+            "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine_description(), "data": schema.dataset}
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     lines = [f"# {can} step time relative to {base} ({meta['data']})", "",
              f"Command: `{meta['command']}`  ", f"Date: {meta['date']}; machine: {meta['machine']}", "",
-             f"| batch | optimizer | steps each | {base} ms/step | {can} ms/step | ratio | per-chunk ratio: median (IQR) |",
+             f"| batch | optimizer | steps each | {base} ms/step | {can} ms/step | ratio "
+             "| per-chunk ratio: median (IQR) |",
              "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['batch_size']} | {r['optimizer']} | {r['steps']} | {r[f'{base}_ms']:.2f} | {r[f'{can}_ms']:.2f} | "
-              f"{r['ratio']:.2f} | {r['chunk_ratio_median']:.2f} ({r['chunk_ratio_q25']:.2f}-{r['chunk_ratio_q75']:.2f}) |"
+    lines += [f"| {r['batch_size']} | {r['optimizer']} | {r['steps']} | {r[f'{base}_ms']:.2f} | "
+              f"{r[f'{can}_ms']:.2f} | {r['ratio']:.2f} | {r['chunk_ratio_median']:.2f} "
+              f"({r['chunk_ratio_q25']:.2f}-{r['chunk_ratio_q75']:.2f}) |"
               for r in rows]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

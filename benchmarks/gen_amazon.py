@@ -57,7 +57,7 @@ def main() -> None:
             f.write("\n".join(lines) + "\n")
     with open(out / "meta.json", "w") as f:
         for k in range(n_items):
-            f.write(repr({"asin": f"B{k:09d}", "title": "Item %d" % k, "price": 9.99,
+            f.write(repr({"asin": f"B{k:09d}", "title": f"Item {k}", "price": 9.99,
                           "categories": [["Beauty", "Skin Care", f"Cat{k % 800}"]]}) + "\n")
     size = (out / "reviews.json").stat().st_size
     print(f"{n:,} reviews ({size / 1e9:.2f} GB), {n_users:,} users, {n_items:,} items "

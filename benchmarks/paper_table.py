@@ -82,7 +82,8 @@ def main() -> int:
             "wall_seconds": round(time.time() - t_start, 1), "epochs": args.epochs, "seeds": args.seeds}
     res = ROOT / "benchmarks" / "results"
     res.mkdir(parents=True, exist_ok=True)
-    (res / f"{args.name}.json").write_text(json.dumps({"meta": meta, "summary": summary, "runs": rows}, indent=2) + "\n")
+    report = {"meta": meta, "summary": summary, "runs": rows}
+    (res / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
 
     lines = [
         f"# {args.name}: Amazon Beauty (5-core), default protocol, {len(args.seeds)} seeds",

@@ -33,7 +33,7 @@ VARIANTS = {"baseline": (0, False), "+bucket": (20, False), "+fused": (20, True)
 def step_ms(schema, arrays, model_name: str, bucket: int, fused: bool, steps: int, warmup: int) -> float:
     torch.manual_seed(0)
     model = create_model(model_name, schema)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused) if fused else torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, **({"fused": True} if fused else {}))
     batches = training_batches(arrays, 128, warmup + steps, bucket=bucket)
     for b in batches[:warmup]:
         train_step(model, b, opt)
@@ -57,7 +57,8 @@ def main() -> int:
     for _ in range(a.rounds):
         for model in a.models:
             for name, (bucket, fused) in VARIANTS.items():
-                times.setdefault((model, name), []).append(step_ms(schema, arrays, model, bucket, fused, a.steps, a.warmup))
+                ms = step_ms(schema, arrays, model, bucket, fused, a.steps, a.warmup)
+                times.setdefault((model, name), []).append(ms)
     rows = []
     for model in a.models:
         base = statistics.median(times[(model, "baseline")])
@@ -66,7 +67,8 @@ def main() -> int:
             rows.append({"model": model, "variant": name, "ms_per_step": ms, "samples_per_second": 128_000 / ms,
                          "speedup_vs_baseline": base / ms})
     meta = {"command": "python benchmarks/speed_ablation.py " + " ".join(sys.argv[1:]),
-            "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine_description(), "data": Schema.load(a.data).dataset}
+            "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine_description(),
+            "data": Schema.load(a.data).dataset}
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")

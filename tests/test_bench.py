@@ -7,8 +7,9 @@ import json
 import subprocess
 import sys
 
-from canctr.cli import main
 from synth import make_prepared
+
+from canctr.cli import main
 
 
 def test_bench_writes_every_section(tmp_path, capsys):

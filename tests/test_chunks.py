@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import gzip
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from test_data import files_bytes, write_amazon
 
 from canctr.data import chunks
 from canctr.data.pipeline import PrepareOptions, prepare_amazon
 from canctr.data.readers import DataFormatError, _fast_meta, _parse_meta, read_amazon_reviews
-from test_data import files_bytes, write_amazon
 
 
 def _same(a, b) -> None:
@@ -50,12 +48,14 @@ def test_errors_name_the_file_line_from_a_late_block(tmp_path: Path) -> None:
     good = reviews.read_bytes().splitlines(keepends=True)
     bad = tmp_path / "reviews_bad.json"  # line 301 blank (fine), 302 a bad row, the last not UTF-8
     bad.write_bytes(b"".join(good[:300]) + b"\n" + b'{"reviewerID": "A1"}\n' + b"".join(good[300:]) + b"\xff\xfe\n")
-    with chunks.worker_pool(2) as pool, pytest.raises(DataFormatError, match=r"reviews_bad.json, line 302: missing field 'asin'"):
+    expected = r"reviews_bad.json, line 302: missing field 'asin'"
+    with chunks.worker_pool(2) as pool, pytest.raises(DataFormatError, match=expected):
         read_amazon_reviews(bad, pool=pool, block_bytes=500)
     last = len(good) + 3
     tail = tmp_path / "reviews_tail.json"
     tail.write_bytes(b"".join(good) + b"\xff\xfe\n")
-    with chunks.worker_pool(2) as pool, pytest.raises(DataFormatError, match=rf"reviews_tail.json, line {last - 2}: not UTF-8"):
+    expected = rf"reviews_tail.json, line {last - 2}: not UTF-8"
+    with chunks.worker_pool(2) as pool, pytest.raises(DataFormatError, match=expected):
         read_amazon_reviews(tail, pool=pool, block_bytes=500)
     with chunks.worker_pool(2) as pool:
         skipping = read_amazon_reviews(bad, pool=pool, block_bytes=500, skip_bad_rows=True)

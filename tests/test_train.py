@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from synth import make_prepared
 
 from canctr.cli import main
 from canctr.data.batch import BatchLoader, load_split
@@ -14,7 +15,6 @@ from canctr.train import loop
 from canctr.train.checkpoint import load_model
 from canctr.train.loop import TrainConfig, TrainingDiverged, evaluate_run, fit
 from canctr.train.metrics import auc, gauc, logloss
-from synth import make_prepared
 
 
 @pytest.fixture(scope="module")

@@ -27,14 +27,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import _common as c  # benchmarks/peers/_common.py: settings and the result line shared with the workers
 import numpy as np
 import torch
 
 from canctr.data.batch import load_split
 from canctr.data.schema import Schema, save_split
 from canctr.env import cpu_model
-
-import _common as c  # benchmarks/peers/_common.py: settings and the result line shared with the workers
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -195,7 +194,8 @@ def summarise(results: list[dict]) -> dict:
     for (lib, model, b), rs in cells.items():
         med = {k: statistics.median(x[k] for x in rs) for k in MEDIANS}
         aucs = [x["test_auc"] for x in rs]
-        auc = {"test_auc_mean": statistics.fmean(aucs), "test_auc_std": statistics.stdev(aucs) if len(aucs) > 1 else 0.0,
+        auc = {"test_auc_mean": statistics.fmean(aucs),
+               "test_auc_std": statistics.stdev(aucs) if len(aucs) > 1 else 0.0,
                "seeds": sorted({x.get("seed") for x in rs} - {None})}
         rows.append({"library": lib, "model": model, "batch_size": b, "runs": len(rs), **med, **auc,
                      "samples_per_second_all": [x["samples_per_second"] for x in rs], "n_params": rs[0]["n_params"]})
@@ -227,6 +227,8 @@ def markdown(report: dict) -> str:
     m = report["meta"]
     out = [
         "# canctr vs peer libraries: DIN / DIEN training throughput on the same data",
+        "",
+        f"Command: `{m['command'].split(' ', 1)[1] if ' ' in m['command'] else m['command']}`",
         "",
         (f"Data `{m['data']}` ({m['train_samples']:,} train / {m['test_samples']:,} test samples, history width "
          f"{m['history_width']}); {m['repeats']} alternating repeat(s); {m['threads']} threads per run; "

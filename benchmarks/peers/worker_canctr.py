@@ -1,7 +1,8 @@
 """canctr DIN / DIEN / CAN-DIEN through the library (canctr.train.loop.fit), timed like the peers' workers.
 
 Runs in canctr's own environment. Everything is canctr's default except batch size, epochs (1) and any
-`--set KEY=VALUE` model overrides (compare_peers.py --canctr-set); the run directory is temporary. train_seconds / epoch_samples_per_second are fit's own figures (metrics.json's
+`--set KEY=VALUE` model overrides (compare_peers.py --canctr-set); the run directory is temporary.
+train_seconds / epoch_samples_per_second are fit's own figures (metrics.json's
 train_seconds / train_samples_per_second: the whole epoch loop, first batches included); samples_per_second
 is the steady figure measured as in every other worker (_common.StepClock).
 """
@@ -13,6 +14,7 @@ import tempfile
 import time
 
 import _common as c
+
 from canctr.cli import parse_overrides
 from canctr.models import make_config
 from canctr.train.loop import TrainConfig, fit

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import time
 
+import _common as c
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
-
-import _common as c
 from deepctr_torch.inputs import SparseFeat, VarLenSparseFeat
 from deepctr_torch.models import DIEN, DIN
+from sklearn.metrics import roc_auc_score
 
 
 def feature_columns(vocab: dict[str, int], width: int, negatives: bool) -> list:

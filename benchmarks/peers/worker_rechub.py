@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import time
 
+import _common as c
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
-
-import _common as c
 from torch_rechub.basic.features import SequenceFeature, SparseFeature
 from torch_rechub.models.ranking import DIEN, DIN
 from torch_rechub.trainers import CTRTrainer

@@ -5,7 +5,8 @@ on CPU, max allocated on GPU) is its own. Measured:
     train      samples/s in steady state (after warm-up steps) with the training loader (length bucketing)
     infer      one request of 1 user x C candidates: latency p50 / p99; bulk scoring of the test split
     loader     the BatchLoader alone (samples/s), to show data loading is not the bottleneck
-    pipeline   `canctr prepare amazon` on a generated McAuley-format file (reviews/s end to end, peak memory of all its processes)
+    pipeline   `canctr prepare amazon` on a generated McAuley-format file (reviews/s end to end, peak memory of
+               all its processes)
 Results: benchmarks/results/bench_<device>.json and .md (or --out).
 """
 
@@ -287,7 +288,8 @@ def to_markdown(r: dict[str, Any]) -> str:
                   for c in r["loader"]]
     if r["pipeline"]:
         lines += ["", "## Data pipeline (`canctr prepare amazon`, generated McAuley JSON)", "",
-                  "| reviews | input MB | seconds | reviews/s | peak memory MB (PSS, all processes) | output MB | peak / output |",
+                  "| reviews | input MB | seconds | reviews/s | peak memory MB (PSS, all processes) | output MB "
+                  "| peak / output |",
                   "|---|---|---|---|---|---|---|"]
         lines += [f"| {c['reviews']:,} | {c['input_mb']:,.0f} | {c['seconds']:.1f} | {c['reviews_per_second']:,.0f} | "
                   f"{c['peak_memory_mb']:,.0f} | {c['output_mb']:,.0f} | {c['peak_memory_mb'] / c['output_mb']:.1f} |"

@@ -8,7 +8,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_EXPORTS = {"Batch": "batch", "BatchLoader": "batch", "load_split": "batch", "ARRAY_SPECS": "schema", "Schema": "schema"}
+_EXPORTS = {
+    "Batch": "batch", "BatchLoader": "batch", "load_split": "batch", "ARRAY_SPECS": "schema", "Schema": "schema"
+}
 __all__ = sorted(_EXPORTS)
 
 

@@ -9,9 +9,9 @@ handful of `index_select`s: no per-sample Python, no collate. The sample order i
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -139,7 +139,6 @@ class BatchLoader:
         self.drop_last = drop_last
         self.rank, self.world_size = rank, world_size
         self.bucket = bucket
-        tensors = {}
         hist_len = np.asarray(arrays["hist_len"]).astype(np.int64)
         width = arrays["hist_item"].shape[1]
         shift = None

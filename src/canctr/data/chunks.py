@@ -76,7 +76,9 @@ def byte_ranges(path: Path, block_bytes: int) -> list[tuple[int, int]]:
     return [(a, b) for a, b in pairwise(bounds) if b > a]
 
 
-def iter_blocks(path: Path, gz: bool, block_bytes: int, on_error: Callable[[int, Exception], Exception]) -> Iterator[Block]:
+def iter_blocks(
+    path: Path, gz: bool, block_bytes: int, on_error: Callable[[int, Exception], Exception]
+) -> Iterator[Block]:
     """Blocks of `path` in order. A gzip read error raises on_error(lines read so far, error)."""
     if not gz:
         for start, end in byte_ranges(path, block_bytes):

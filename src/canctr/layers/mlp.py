@@ -122,7 +122,8 @@ class MLP(nn.Module):
     With the defaults this is the official `build_fcn_net`: BN(inference) -> 200 -> PReLU -> 80 -> PReLU
     -> 1. `hidden_norm="batchnorm"` adds a train-mode BatchNorm (torch defaults: eps 1e-5, momentum 0.1)
     between every hidden Linear and its activation, as torch-rechub's MLP and FuxiCTR's `batch_norm=True`
-    do; it speeds up the first few hundred steps at large batch (docs/performance.md). `out_bias=False` drops the output bias where it is redundant (scores fed to a softmax).
+    do; it speeds up the first few hundred steps at large batch (docs/performance.md). `out_bias=False`
+    drops the output bias where it is redundant (scores fed to a softmax).
     `late_dim` > 0 widens the output layer for features that skip the hidden layers and join the last
     hidden activation (NCF's GMF vector, DCN-V2's parallel cross network): `forward(x, late)`.
     """

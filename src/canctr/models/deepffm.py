@@ -31,7 +31,10 @@ class DeepFFMConfig(DNNConfig):
 @register_model(
     "deepffm",
     config=DeepFFMConfig,
-    paper="DeepFFM baseline of CAN (Bian et al., WSDM 2022) Table 3, as its code's Model_DeepFFM (FFM: Juan et al., RecSys 2016)",
+    paper=(
+        "DeepFFM baseline of CAN (Bian et al., WSDM 2022) Table 3, as its code's Model_DeepFFM "
+        "(FFM: Juan et al., RecSys 2016)"
+    ),
     description="DNN logit + LR + field-aware FM over [item, sum hist item, cate, sum hist cate]",
 )
 class DeepFFM(DNN):

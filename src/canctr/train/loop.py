@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from canctr import __version__
-from canctr.env import machine_description
 from canctr.data.batch import Batch, BatchLoader, load_split
 from canctr.data.schema import Schema, atomic_write_text
+from canctr.env import machine_description
 from canctr.models import create_model, make_config
 from canctr.train.checkpoint import load_model, load_training_state, save_checkpoint
 from canctr.train.metrics import ctr_metrics

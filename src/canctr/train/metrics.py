@@ -83,5 +83,7 @@ def ctr_metrics(labels: np.ndarray, probs: np.ndarray, groups: np.ndarray) -> di
         "gauc_users": n_groups,
         "logloss": logloss(labels, probs),
         "n_samples": int(np.asarray(labels).size),
-        "positive_rate": float(np.asarray(labels, dtype=np.float64).mean()) if np.asarray(labels).size else float("nan"),
+        "positive_rate": (
+            float(np.asarray(labels, dtype=np.float64).mean()) if np.asarray(labels).size else float("nan")
+        ),
     }
