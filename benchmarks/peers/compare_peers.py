@@ -228,7 +228,7 @@ def markdown(report: dict) -> str:
     out = [
         "# canctr vs peer libraries: DIN / DIEN training throughput on the same data",
         "",
-        f"Command: `{m['command'].split(' ', 1)[1] if ' ' in m['command'] else m['command']}`",
+        f"Command: `python {m['command'].split(' ', 1)[-1]}`",  # the interpreter's path left out
         "",
         (f"Data `{m['data']}` ({m['train_samples']:,} train / {m['test_samples']:,} test samples, history width "
          f"{m['history_width']}); {m['repeats']} alternating repeat(s); {m['threads']} threads per run; "
