@@ -150,9 +150,7 @@ class CoAction(nn.Module):
             # row-major reshape, as tf.reshape: W[j, k] = params[offset + j * n_out + k]
             weight = params[..., offset : offset + n_in * n_out].reshape(B, blocks, Li, n_in, n_out)
             offset += n_in * n_out
-            # one batched matmul; size-1 order / position axes broadcast, and einsum folds them into the
-            # matmul's rows or columns instead of copying the weights: [B, C, L or 1, n_out]
-            h = torch.einsum("bcli,bclio->bclo", h, weight)
+            h = _micro_matmul(h, weight)  # [B, C, L or 1, n_out]
             if cfg.bias:
                 b = params[..., offset : offset + n_out]  # [B, blocks, Li, n_out] broadcasts
                 h = h + (b if i < pool_at else b * mask.sum(1).to(b.dtype)[:, None, None, None])
@@ -175,3 +173,16 @@ class CoAction(nn.Module):
             return pool(h), []
         pooled = pool(torch.cat(outputs, dim=-1))
         return pooled[..., -h.shape[-1] :], [pooled]
+
+
+def _micro_matmul(h: Tensor, weight: Tensor) -> Tensor:
+    """h [B, C, Lf, n_in] through per-sample weights [B, blocks, Li, n_in, n_out] -> [B, C, L, n_out].
+
+    One matrix per sample (Li = blocks = 1, the default): orders and positions fold into the rows of one
+    bmm, a view without copies, [B, C * Lf, n_in] @ [B, n_in, n_out]. Otherwise einsum, which folds the
+    size-1 order / position axes into the matmul's rows or columns instead of copying the weights.
+    """
+    B, C, Lf, n_in = h.shape
+    if weight.shape[1] == 1 and weight.shape[2] == 1:
+        return torch.bmm(h.reshape(B, C * Lf, n_in), weight[:, 0, 0]).view(B, C, Lf, -1)
+    return torch.einsum("bcli,bclio->bclo", h, weight)
