@@ -33,6 +33,23 @@ def test_byte_ranges_cover_the_file_at_line_boundaries(tmp_path: Path) -> None:
         assert lines == data.split(b"\n")
 
 
+def test_block_view_is_the_range_without_a_copy_and_counts_alike(tmp_path: Path) -> None:
+    path = tmp_path / "f.txt"
+    data = b"".join(b"y" * (i % 5) + b"\n" for i in range(300)) + b"\n\nlast"
+    path.write_bytes(data)
+    for start, end in chunks.byte_ranges(path, 37):
+        block = chunks.Block(str(path), start, end)
+        with block.view() as view:
+            assert isinstance(view, memoryview) and bytes(view) == block.read() == data[start:end]
+            lines = len(chunks.split_lines(view.tobytes()))
+            assert chunks.count_lines(view) == chunks.count_lines(block.read()) == lines
+    shipped = chunks.Block(str(path), data=b"a\nb")
+    with shipped.view() as view:
+        assert view == b"a\nb" and chunks.count_lines(view) == 2
+    with chunks.Block(str(path), 5, 5).view() as view:
+        assert chunks.count_lines(view) == 0
+
+
 @pytest.mark.parametrize("gz", [False, True])
 def test_parallel_blocks_equal_one_pass(tmp_path: Path, gz: bool) -> None:
     reviews, _ = write_amazon(tmp_path, gz, n_users=120, seed=4)

@@ -265,15 +265,15 @@ def _parse_review_block(block_and_skip: tuple[chunks.Block, bool]) -> _ReviewBlo
     """Parse one block. The fast path takes what orjson reads as a well-formed review; anything else goes
     through `_parse_review`, the reference parser, which accepts the same rows and words the errors."""
     block, skip = block_and_skip
-    data = block.read()
     users: dict[str, int] = {}
     items: dict[str, int] = {}
     if _REVIEW_LINES is not None:  # the whole block in one call; any doubt -> line by line below
-        try:
-            reviews = _REVIEW_LINES.decode_lines(data)
-        except (_msgspec.DecodeError, _msgspec.ValidationError, UnicodeDecodeError):
-            reviews = None
-        n_lines = chunks.count_lines(data)
+        with block.view() as data:  # zero-copy where the block is a range of a plain file
+            try:
+                reviews = _REVIEW_LINES.decode_lines(data)
+            except (_msgspec.DecodeError, _msgspec.ValidationError, UnicodeDecodeError):
+                reviews = None
+            n_lines = chunks.count_lines(data)
         # one object per line (no blank lines, no two objects on a line) and times that fit int64
         if reviews is not None and len(reviews) == n_lines:
             try:
@@ -287,7 +287,7 @@ def _parse_review_block(block_and_skip: tuple[chunks.Block, bool]) -> _ReviewBlo
                                     np.array(i_codes, np.int64), times, n_lines, [])
         users.clear()  # a doubtful block: start over line by line
         items.clear()
-    lines = chunks.split_lines(data)
+    lines = chunks.split_lines(block.read())
     u, i, t = array("q"), array("q"), array("q")
     errors: list[tuple[int, str]] = []
     loads = _orjson.loads if _orjson is not None else json.loads
