@@ -154,14 +154,15 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], pool: Executor | None,
 
 def merge_codes(index: dict[str, int], names: list[str], local_names: list[str]) -> np.ndarray:
     """Add a block's names (in its first-appearance order) to the global interner -> [n] local->global codes."""
-    remap = np.empty(len(local_names), np.int64)
     get = index.get
-    for k, name in enumerate(local_names):
-        code = get(name)
-        if code is None:
-            code = index[name] = len(names)
-            names.append(name)
-        remap[k] = code
+    remap = np.array([get(name, -1) for name in local_names], np.int64)
+    new = np.flatnonzero(remap < 0)  # a block's names are distinct, so its new ones are too
+    if new.size:
+        start = len(names)
+        added = [local_names[k] for k in new.tolist()]
+        index.update(zip(added, range(start, start + len(added))))
+        names.extend(added)
+        remap[new] = np.arange(start, start + len(added))
     return remap
 
 
