@@ -141,3 +141,19 @@ def test_unique_by_value_sort_matches_numpy() -> None:
         ref = np.unique(v, return_index=True, return_inverse=True, return_counts=True)
         for a, b in zip(_unique_first_inverse_counts(v), ref):
             assert np.array_equal(a, b.ravel())
+
+
+def test_vocab_order_is_count_descending_then_first_appearance() -> None:
+    from canctr.data.pipeline import Vocab, _n_distinct
+
+    rng = np.random.default_rng(1)
+    # dense keys (counted) and sparse keys (sorted), with ties in count and invalid (-1) entries
+    for v in (rng.integers(-1, 40, 2000), rng.integers(0, 30, 300) * 10**11, np.array([5, 3, 5, 3, 9, -1, 9, 9])):
+        valid = v[v >= 0]
+        uniq, first, count = np.unique(valid, return_index=True, return_counts=True)
+        expected = uniq[np.lexsort((first, -count))]  # the reference: count descending, first appearance
+        vocab = Vocab.fit(v)
+        assert vocab.codes.tolist() == expected.tolist()
+        assert vocab.encode(v).tolist() == [0 if x < 0 else expected.tolist().index(x) + 1 for x in v.tolist()]
+        assert _n_distinct(valid) == uniq.size
+    assert _n_distinct(np.array([10**15, 3, 3])) == 2 and _n_distinct(np.array([], np.int64)) == 0

@@ -192,6 +192,13 @@ def _unique_first_inverse_counts(v: np.ndarray) -> tuple[np.ndarray, ...]:
     return vals[start], pos[start], inverse, np.diff(np.r_[np.flatnonzero(start), n])
 
 
+def _n_distinct(v: np.ndarray) -> int:
+    """np.unique(v).size; by counting when v holds small non-negative codes (a hash pass otherwise)."""
+    if v.size and v.dtype.kind in "iu" and int(v.min()) >= 0 and int(v.max()) <= max(DENSE_MAX_KEYS, 4 * v.size):
+        return int(np.count_nonzero(np.bincount(v)))
+    return int(np.unique(v).size)
+
+
 class Vocab:
     """Raw codes (or pair keys) in index order 1..K; anything else encodes to 0.
 
@@ -224,8 +231,13 @@ class Vocab:
             np.minimum.at(first_all, v, np.arange(v.size))
             uniq = np.flatnonzero(count_all)
             first, count = first_all[uniq], count_all[uniq]
-        # one sort on a combined key: count descending, then first appearance (first < v.size + 1)
-        order = np.argsort((int(count.max(initial=0)) - count) * (v.size + 1) + first)
+        # one value sort on a combined key: count descending, then first appearance (first < v.size + 1).
+        # First appearances are distinct, so the sorted keys give back the order without an argsort.
+        key = (int(count.max(initial=0)) - count) * (v.size + 1) + first
+        key.sort()
+        slot = np.empty(v.size + 1, np.int32 if uniq.size < 2**31 else np.int64)  # first appearance -> uniq position
+        slot[first] = np.arange(uniq.size)
+        order = slot[key % (v.size + 1)]
         rank = np.empty(uniq.size, np.int64)  # [K] position of each sorted key in index order
         rank[order] = np.arange(uniq.size)
         vocab = cls(uniq[order], sorted_codes=uniq, sorter=rank)
@@ -518,7 +530,7 @@ def encode_and_save(
         **counts,
         "samples": {k: int(v.label.size) for k, v in splits.items()},
         "positive_rate": {k: round(float(v.label.mean()), 6) for k, v in splits.items()},
-        "split_users": {k: int(np.unique(v.group).size) for k, v in splits.items()},
+        "split_users": {k: _n_distinct(v.group) for k, v in splits.items()},
         "oov": oov,
         "pairs": {"item_pair": len(vocab["item_pair"]) - 1, "cate_pair": len(vocab["cate_pair"]) - 1},
     }
