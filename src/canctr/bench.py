@@ -285,10 +285,20 @@ def to_markdown(r: dict[str, Any]) -> str:
     lines += [f"| {c['model']} | 1 user x {c['candidates']} | {c['latency_p50_ms']:.2f} | {c['latency_p99_ms']:.2f} | "
               f"{c['bulk_batch']} | {c['bulk_samples_per_second']:,.0f} |" for c in r["infer"]]
     if r["loader"]:
-        fastest = max((c["samples_per_second"] for c in r["train"]), default=float("nan"))
-        lines += ["", "## Loader alone", "", "| batch | samples/s | × fastest training |", "|---|---|---|"]
-        lines += [f"| {c['batch_size']} | {c['samples_per_second']:,.0f} | {c['samples_per_second'] / fastest:.1f} |"
-                  for c in r["loader"]]
+        def fastest(batch: int | None) -> tuple[float, str]:  # the fastest training cell (at this batch)
+            cells = [c for c in r["train"] if batch is None or c["batch_size"] == batch]
+            best = max(cells, key=lambda c: c["samples_per_second"], default=None)
+            return (best["samples_per_second"], f"{best['model']} b{best['batch_size']}") if best else (
+                float("nan"), "none")
+
+        lines += ["", "## Loader alone", "",
+                  "| batch | samples/s | × the fastest training at this batch | × the fastest training at any batch |",
+                  "|---|---|---|---|"]
+        for c in r["loader"]:
+            (same, same_name), (best, best_name) = fastest(c["batch_size"]), fastest(None)
+            sps = c["samples_per_second"]
+            lines.append(f"| {c['batch_size']} | {sps:,.0f} | {sps / same:.1f} ({same_name}) | "
+                         f"{sps / best:.1f} ({best_name}) |")
     if r["pipeline"]:
         lines += ["", "## Data pipeline (`canctr prepare amazon`, generated McAuley JSON)", "",
                   "| reviews | input MB | seconds | reviews/s | peak memory MB (PSS, all processes) | output MB "
