@@ -11,6 +11,7 @@ unit also runs the swapped direction (a micro-MLP per history element, the targe
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Literal
@@ -166,7 +167,9 @@ class CoAction(nn.Module):
         return out.reshape(B, -1) if cfg.order_combine == "concat" else out.sum(dim=1)
 
     @staticmethod
-    def _pool_outputs(h: Tensor, outputs: list[Tensor], pool) -> tuple[Tensor, list[Tensor]]:  # noqa: ANN001
+    def _pool_outputs(
+        h: Tensor, outputs: list[Tensor], pool: Callable[[Tensor], Tensor]
+    ) -> tuple[Tensor, list[Tensor]]:
         """Pool the per-position layer outputs so far with one masked sum; h (the latest of them, or the
         input powers when none) continues pooled. -> (h [B, C, 1, n], [pooled outputs])."""
         if not outputs:
