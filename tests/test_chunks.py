@@ -50,6 +50,18 @@ def test_block_view_is_the_range_without_a_copy_and_counts_alike(tmp_path: Path)
         assert chunks.count_lines(view) == 0
 
 
+def test_block_view_falls_back_to_read_without_mmap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "f.txt"
+    path.write_bytes(b"a\nbb\nccc\n")
+
+    def no_mmap(*args: object, **kwargs: object) -> None:
+        raise OSError("mmap not supported here")
+
+    monkeypatch.setattr(chunks.mmap, "mmap", no_mmap)
+    with chunks.Block(str(path), 2, 9).view() as view:
+        assert view == b"bb\nccc\n" and chunks.count_lines(view) == 2
+
+
 @pytest.mark.parametrize("gz", [False, True])
 def test_parallel_blocks_equal_one_pass(tmp_path: Path, gz: bool) -> None:
     reviews, _ = write_amazon(tmp_path, gz, n_users=120, seed=4)

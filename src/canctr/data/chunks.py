@@ -55,12 +55,18 @@ class Block:
         if self.data is not None or self.end <= self.start:
             yield self.read()
             return
-        with open(self.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            view = memoryview(mm)[self.start : self.end]
+        with open(self.path, "rb") as f:
             try:
-                yield view
-            finally:
-                view.release()  # mmap.close() refuses while a view is exported
+                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            except (OSError, ValueError):  # a file system without mmap: the plain read
+                yield self.read()
+                return
+            with mm:
+                view = memoryview(mm)[self.start : self.end]
+                try:
+                    yield view
+                finally:
+                    view.release()  # mmap.close() refuses while a view is exported
 
 
 def split_lines(data: bytes) -> list[bytes]:
