@@ -26,12 +26,12 @@ def test_bench_writes_every_section(tmp_path, capsys):
     assert "## Training" in md and "## Inference" in md and "## Loader alone" in md
 
 
-def test_process_tree_rss_counts_children():
-    from canctr.bench import _watch_tree_rss
+def test_process_tree_memory_counts_children():
+    from canctr.bench import _watch_tree_memory
 
     code = ("import subprocess, sys; subprocess.run([sys.executable, '-c', "
             "'import time; b = bytearray(300 * 2**20); time.sleep(1.0)'])")
-    peak = _watch_tree_rss(subprocess.Popen([sys.executable, "-c", code]))
+    peak = _watch_tree_memory(subprocess.Popen([sys.executable, "-c", code]))
     assert peak > 300  # the grandchild's 300 MB are included
 
 

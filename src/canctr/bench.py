@@ -26,12 +26,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from canctr.config import add_optimizer_argument
 from canctr.data.batch import Batch, BatchLoader, load_split
 from canctr.data.schema import Schema
 from canctr.env import machine_description
 from canctr.models import create_model
 from canctr.train.loop import resolve_device, train_step
-from canctr.train.optim import OPTIMIZERS, make_optimizer
+from canctr.train.optim import make_optimizer
 
 DEFAULT_MODELS = ("dnn", "can-dnn", "din", "dien", "can-dien")
 
@@ -173,7 +174,7 @@ def _pss_bytes(pid: int) -> int | None:
     return None
 
 
-def _tree_rss_mb(root: int) -> float:
+def _tree_memory_mb(root: int) -> float:
     """Memory of `root` and all its descendants now (Linux /proc), MB: the sum of their PSS, or of their RSS
     where smaps_rollup is unreadable (which counts shared pages once per process)."""
     children: dict[int, list[int]] = {}
@@ -196,15 +197,15 @@ def _tree_rss_mb(root: int) -> float:
     return total / 2**20
 
 
-def _watch_tree_rss(proc: subprocess.Popen, every: float = 0.25) -> float:
-    """Wait for proc, sampling its process tree's total RSS; the peak in MB (0 where /proc is missing).
+def _watch_tree_memory(proc: subprocess.Popen, every: float = 0.25) -> float:
+    """Wait for proc, sampling its process tree's memory (summed PSS); the peak in MB (0 where /proc is missing).
 
     A sample reads smaps_rollup of every process in the tree, ~10 ms for a 2 GB one: every 0.25 s it takes
     a few % of one core from the 2-core run it measures (every 0.05 s it took ~20 %)."""
     peak = 0.0
     while proc.poll() is None:
         if Path("/proc").is_dir():
-            peak = max(peak, _tree_rss_mb(proc.pid))
+            peak = max(peak, _tree_memory_mb(proc.pid))
         time.sleep(every)
     return peak
 
@@ -221,7 +222,7 @@ def pipeline_cell(reviews: int, workdir: str) -> dict[str, Any]:
            "--meta", str(raw / "meta.json"), "--out", str(out)]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-    peak_tree = _watch_tree_rss(proc)  # the command and its parse workers together
+    peak_tree = _watch_tree_memory(proc)  # the command and its parse workers together
     if proc.returncode:
         raise subprocess.CalledProcessError(proc.returncode, cmd)
     seconds = time.perf_counter() - t0
@@ -316,7 +317,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
     p.add_argument("--device", default="auto")
     p.add_argument("--large-batch", type=int, default=0, help="second batch size (default 1024 CPU, 4096 GPU)")
-    p.add_argument("--optimizer", default="adam", choices=OPTIMIZERS, help="training optimizer")
+    add_optimizer_argument(p)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--candidates", type=int, default=100)

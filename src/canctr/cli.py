@@ -17,7 +17,7 @@ import os
 import sys
 from typing import Any
 
-from canctr.config import OPTIMIZERS
+from canctr.config import add_optimizer_argument
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -87,8 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--eval-batch-size", type=int, default=1024)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--optimizer", default="adam", choices=OPTIMIZERS,
-                   help="adam: dense (the official code's); lazy_adam: only the embedding rows a batch touches")
+    add_optimizer_argument(p)
     p.add_argument("--seed", type=int, default=3)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--max-len", type=int, default=100, help="training history cut-off (most recent)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import typing
 from typing import Any, TypeVar
@@ -115,3 +116,9 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 OPTIMIZERS: tuple[str, ...] = ("adam", "lazy_adam")  # see train/optim.py (kept here: no torch import)
+
+
+def add_optimizer_argument(parser: argparse.ArgumentParser) -> None:
+    """`--optimizer`, the same for train, reproduce and bench."""
+    parser.add_argument("--optimizer", default="adam", choices=OPTIMIZERS,
+                        help="adam: dense (the official code's); lazy_adam: only the embedding rows a batch touches")

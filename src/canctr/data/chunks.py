@@ -158,20 +158,6 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], pool: Executor | None,
             f.cancel()
 
 
-def merge_codes(index: dict[str, int], names: list[str], local_names: list[str]) -> np.ndarray:
-    """Add a block's names (in its first-appearance order) to the global interner -> [n] local->global codes."""
-    get = index.get
-    remap = np.array([get(name, -1) for name in local_names], np.int64)
-    new = np.flatnonzero(remap < 0)  # a block's names are distinct, so its new ones are too
-    if new.size:
-        start = len(names)
-        added = [local_names[k] for k in new.tolist()]
-        index.update(zip(added, range(start, start + len(added))))
-        names.extend(added)
-        remap[new] = np.arange(start, start + len(added))
-    return remap
-
-
 def submit_or_run(pool: Executor | None, fn: Callable[..., R], *args: Any) -> Callable[[], R]:
     """Start fn(*args) on the pool now (or lazily here); call the returned thunk for the result."""
     if pool is None:

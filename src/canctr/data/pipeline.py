@@ -474,42 +474,42 @@ def encode_and_save(
     tables = {k: vocab[k].table(n) for k, n in sizes.items()}
     oov: dict[str, dict[str, int]] = {}
     out = Path(out)
-    writer = ThreadPoolExecutor(max_workers=1)  # file writes (GIL released) overlap the next encoding
-    writes = []
-    for split in SPLITS:
-        s = splits[split]
-        neg_item = sample_excluding(pool, s.hist_item, rng_hist)  # [H] one per history position
-        raw = {
-            "user": ("user", s.user),
-            "item": ("item", s.item),
-            "cate": ("cate", s.cate),
-            "hist_item": ("item", s.hist_item),
-            "hist_cate": ("cate", s.hist_cate),
-            "neg_hist_item": ("item", neg_item),
-            "neg_hist_cate": ("cate", _lookup(item_cate, neg_item)),
-            "hist_item_pair": ("item_pair", train_pairs["hist_item_pair"] if split == "train"
-                               else _pair_keys(s.item, s.hist_item, s.hist_len, n_item)),
-            "hist_cate_pair": ("cate_pair", train_pairs["hist_cate_pair"] if split == "train"
-                               else _pair_keys(s.cate, s.hist_cate, s.hist_len, n_cate)),
-            **{name: (name, codes[s.user]) for name, (codes, _) in side.user_features.items()},
-        }
-        if side.item_cates is not None:
-            raw["item_cates"] = ("cate", side.item_cates[s.item])  # [N, G]
-        arrays = {"label": s.label.astype(np.float32), "group": s.group, "hist_len": s.hist_len, **s.values}
-        shape, index = _padding_index(s.hist_len)
-        oov[split] = {}
-        for name, (voc, codes) in raw.items():
-            # dense id fields: a table lookup (code -1 reads the table's last entry, 0); pairs: searchsorted
-            encoded = tables[voc][codes] if voc in tables else vocab[voc].encode(codes)
-            oov[split][name] = int(np.count_nonzero((codes >= 0) & (encoded == 0)))
-            arrays[name] = (
-                _padded(encoded, shape, index) if name.startswith(("hist_", "neg_hist_")) else encoded
-            )
-        writes.append(writer.submit(save_split, out, split, arrays))
+    # file writes (GIL released) overlap the next split's encoding; leaving the block waits for them
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        writes = []
+        for split in SPLITS:
+            s = splits[split]
+            neg_item = sample_excluding(pool, s.hist_item, rng_hist)  # [H] one per history position
+            raw = {
+                "user": ("user", s.user),
+                "item": ("item", s.item),
+                "cate": ("cate", s.cate),
+                "hist_item": ("item", s.hist_item),
+                "hist_cate": ("cate", s.hist_cate),
+                "neg_hist_item": ("item", neg_item),
+                "neg_hist_cate": ("cate", _lookup(item_cate, neg_item)),
+                "hist_item_pair": ("item_pair", train_pairs["hist_item_pair"] if split == "train"
+                                   else _pair_keys(s.item, s.hist_item, s.hist_len, n_item)),
+                "hist_cate_pair": ("cate_pair", train_pairs["hist_cate_pair"] if split == "train"
+                                   else _pair_keys(s.cate, s.hist_cate, s.hist_len, n_cate)),
+                **{name: (name, codes[s.user]) for name, (codes, _) in side.user_features.items()},
+            }
+            if side.item_cates is not None:
+                raw["item_cates"] = ("cate", side.item_cates[s.item])  # [N, G]
+            arrays = {"label": s.label.astype(np.float32), "group": s.group, "hist_len": s.hist_len, **s.values}
+            shape, index = _padding_index(s.hist_len)
+            oov[split] = {}
+            for name, (voc, codes) in raw.items():
+                # dense id fields: a table lookup (code -1 reads the table's last entry, 0); pairs: searchsorted
+                encoded = tables[voc][codes] if voc in tables else vocab[voc].encode(codes)
+                oov[split][name] = int(np.count_nonzero((codes >= 0) & (encoded == 0)))
+                arrays[name] = (
+                    _padded(encoded, shape, index) if name.startswith(("hist_", "neg_hist_")) else encoded
+                )
+            writes.append(writer.submit(save_split, out, split, arrays))
 
-    for w in writes:
-        w.result()  # re-raises a failed write here
-    writer.shutdown()
+        for w in writes:
+            w.result()  # re-raises a failed write here
     named = {"user": names.user, "item": names.item, "cate": names.cate}
     named |= {name: feature_names for name, (_, feature_names) in side.user_features.items()}
     for field_name, field_names in named.items():
@@ -564,7 +564,13 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
 def describe_source(path: str | os.PathLike) -> dict[str, Any]:
     """{path, sha256, bytes} of an input file."""
     with open(path, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()  # C loop, GIL released
+        if hasattr(hashlib, "file_digest"):  # Python >= 3.11: a C loop, GIL released
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        else:
+            h = hashlib.sha256()
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+            digest = h.hexdigest()
     return {"path": str(path), "sha256": digest, "bytes": os.path.getsize(path)}
 
 

@@ -89,6 +89,19 @@ class Interner:
             self.names.append(name)
         return code
 
+    def merge(self, names: list[str]) -> np.ndarray:
+        """Intern distinct `names` (a block's, in its first-appearance order) in bulk -> [n] their codes."""
+        get = self.index.get
+        codes = np.array([get(name, -1) for name in names], np.int64)
+        new = np.flatnonzero(codes < 0)  # distinct names, so the new ones are distinct too
+        if new.size:
+            start = len(self.names)
+            added = [names[k] for k in new.tolist()]
+            self.index.update(zip(added, range(start, start + len(added))))
+            self.names.extend(added)
+            codes[new] = np.arange(start, start + len(added))
+        return codes
+
     def __len__(self) -> int:
         return len(self.names)
 
@@ -262,8 +275,9 @@ class _ReviewBlock:
 
 
 def _parse_review_block(block_and_skip: tuple[chunks.Block, bool]) -> _ReviewBlock:
-    """Parse one block. The fast path takes what orjson reads as a well-formed review; anything else goes
-    through `_parse_review`, the reference parser, which accepts the same rows and words the errors."""
+    """Parse one block. Fast path: one msgspec call for the whole block. A doubtful block goes line by line:
+    orjson for well-formed reviews, `_parse_review` (the reference parser, which accepts the same rows and
+    words the errors) for anything else."""
     block, skip = block_and_skip
     users: dict[str, int] = {}
     items: dict[str, int] = {}
@@ -351,9 +365,7 @@ def read_amazon_reviews(
             lineno, problem = res.errors[0]
             raise DataFormatError(path, problem, line0 + lineno)
         n_bad += len(res.errors)
-        u_map = chunks.merge_codes(users.index, users.names, res.users)
-        i_map = chunks.merge_codes(items.index, items.names, res.items)
-        parts.append((u_map[res.user], i_map[res.item], res.time))
+        parts.append((users.merge(res.users)[res.user], items.merge(res.items)[res.item], res.time))
         line0 += res.n_lines
     if n_bad:
         skipped[str(path)] = n_bad

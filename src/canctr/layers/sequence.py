@@ -133,14 +133,14 @@ class _AUGRUScan(torch.autograd.Function):
             # code: h' = ue * h + (1 - ue) * c = lerp(c, h, ue); paper: h' = (1 - ue) * h + ue * c = lerp(h, c, ue)
             h_new = torch.lerp(h, c, ue) if paper else torch.lerp(c, h, ue)
             h = torch.where(valid[:, t], h_new, h)
-        ctx.save_for_backward(hs, gs, cs, keep, valid, attention, w_gates, w_cand)
+        ctx.save_for_backward(hs, gs, cs, keep, valid, w_gates, w_cand)
         ctx.paper = paper
         return h
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_h):  # noqa: ANN001, ANN205
-        hs, gs, cs, keep, valid, attention, w_gates, w_cand = ctx.saved_tensors
+        hs, gs, cs, keep, valid, w_gates, w_cand = ctx.saved_tensors
         L, B, H = hs.shape
         paper = ctx.paper
         d_gates = grad_h.new_empty(L, B, 2 * H)  # time-major, like hs, for the weight gradients

@@ -10,7 +10,7 @@ import json
 import shlex
 from pathlib import Path
 
-from canctr.config import OPTIMIZERS
+from canctr.config import add_optimizer_argument
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,8 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--optimizer", default="adam", choices=OPTIMIZERS,
-                   help="adam: dense (the official code's); lazy_adam: only the embedding rows a batch touches")
+    add_optimizer_argument(p)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="model config override (JSON value), e.g. --set mlp=[64,32]; applied to every model whose "
                         "config has KEY, an error when none has it")
