@@ -1,73 +1,70 @@
-"""Typed batches and a vectorised loader over pre-encoded arrays.
+"""Typed batches and a vectorised loader over the ragged store (store.py).
 
-The loader keeps each split as tensors (on the training device when it fits) and builds a batch with a
-handful of `index_select`s: no per-sample Python, no collate. The sample order is a pure function of
-(seed, epoch), and `rank`/`world_size` shard it, so data-parallel training and mid-epoch resume only need
-(epoch, step) to pick up exactly where they left off.
+A `Batch` is keyed by the spec's field names, in the spirit of torchrec's KeyedJaggedTensor: every sparse
+field is an int64 tensor, [B] for a categorical field and [B, L_g] for a sequence field of length group g,
+left-aligned and 0-padded to the longest sequence of that group in the batch; `lengths[g]` [B] gives the
+valid positions (`mask(g)`), and `jagged(field)` the unpadded values on demand.
+
+The loader keeps each split memory-mapped (copied to the device once when that is not the CPU) and
+builds a batch with a few `index_select`s: no per-sample Python, no collate. The sample order is a pure
+function of (seed, epoch), and `rank`/`world_size` shard it, so data-parallel training and mid-epoch resume
+only need (epoch, step) to pick up exactly where they left off. DIEN's auxiliary negatives are drawn here,
+per batch, from a generator seeded by (seed, epoch, step, rank), so nothing model-specific is stored.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from canctr.data.schema import ARRAY_SPECS
-
-HIST_FIELDS = ("hist_item", "hist_cate", "neg_hist_item", "neg_hist_cate", "hist_item_pair", "hist_cate_pair")
+from canctr.data.spec import FeatureSpec
+from canctr.data.store import Columns, read_split
 
 
 @dataclass(frozen=True)
 class Batch:
-    """One mini-batch. B = batch size, L = history width (trimmed to the longest history in the batch).
-
-    Id tensors are int64, 0 = padding/unknown. Histories are left-aligned: position t < hist_len is valid.
-    """
+    """One mini-batch. B = batch size, L_g = width of sequence group g in this batch (its longest row)."""
 
     label: Tensor  # [B] float32 in {0, 1}
-    group: Tensor  # [B] int64, user index for GAUC
-    user: Tensor  # [B]
-    item: Tensor  # [B] target item
-    cate: Tensor  # [B] target category
-    hist_item: Tensor  # [B, L]
-    hist_cate: Tensor  # [B, L]
-    hist_len: Tensor  # [B]
-    neg_hist_item: Tensor  # [B, L] auxiliary negatives (DIEN)
-    neg_hist_cate: Tensor  # [B, L]
-    hist_item_pair: Tensor  # [B, L] Cartesian (target item, history item) ids
-    hist_cate_pair: Tensor  # [B, L]
-    # optional side features (schema.py ARRAY_SPECS; None when the dataset has none)
-    user_gender: Tensor | None = None  # [B]
-    user_age: Tensor | None = None  # [B]
-    user_occupation: Tensor | None = None  # [B]
-    item_cates: Tensor | None = None  # [B, G] every category of the target item, 0-padded
+    group: Tensor  # [B] int64, GAUC group (user)
+    sparse: dict[str, Tensor]  # field -> [B] (categorical) or [B, L_g] (sequence) int64, 0 = padding/unknown
+    lengths: dict[str, Tensor]  # sequence group -> [B] int64 valid positions
+    masks: dict[str, Tensor]  # sequence group -> [B, L_g] bool, True at valid positions
+    dense: Tensor | None = None  # [B, D] float32, the spec's dense fields in order
+    negatives: dict[str, Tensor] = field(default_factory=dict)  # sequence field -> [B, L_g] sampled negatives
 
-    @property
-    def mask(self) -> Tensor:
-        """[B, L] bool, True at valid history positions. The one place a mask is derived from lengths."""
-        return lengths_to_mask(self.hist_len, self.hist_item.shape[1])
+    def __getitem__(self, name: str) -> Tensor:
+        return self.sparse[name]
+
+    def mask(self, group: str) -> Tensor:
+        """[B, L_g] bool, True at valid positions of sequence group `group`."""
+        return self.masks[group]
+
+    def jagged(self, name: str, group: str) -> tuple[Tensor, Tensor]:
+        """(values [sum(lengths)], lengths [B]) of sequence field `name` of `group`, padding removed."""
+        return self.sparse[name][self.masks[group]], self.lengths[group]
 
     @property
     def size(self) -> int:
         return int(self.label.shape[0])
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
-        return Batch(**{k: v.to(device, non_blocking=non_blocking) for k, v in self.as_dict().items()})
+        def move(x):
+            if isinstance(x, dict):
+                return {k: v.to(device, non_blocking=non_blocking) for k, v in x.items()}
+            return None if x is None else x.to(device, non_blocking=non_blocking)
 
-    def as_dict(self) -> dict[str, Tensor]:
-        """The tensors present (optional fields that are None are left out)."""
-        return {f.name: v for f in dataclasses.fields(self) if (v := getattr(self, f.name)) is not None}
+        return Batch(**{f.name: move(getattr(self, f.name)) for f in dataclasses.fields(self)})
 
-    def replace(self, **changes: Tensor) -> Batch:
+    def replace(self, **changes) -> Batch:
         return dataclasses.replace(self, **changes)
-
-
-BATCH_FIELDS = frozenset(f.name for f in dataclasses.fields(Batch))
 
 
 def lengths_to_mask(lengths: Tensor, width: int) -> Tensor:
@@ -75,50 +72,47 @@ def lengths_to_mask(lengths: Tensor, width: int) -> Tensor:
     return torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]
 
 
-def load_split(data_dir: str | Path, split: str, mmap: bool = False) -> dict[str, np.ndarray]:
-    """Read one split's arrays; checks that every required array exists and row counts agree."""
-    d = Path(data_dir) / split
-    if not d.is_dir():
-        raise FileNotFoundError(f"{d}: split directory missing; was `canctr prepare` run with --out {data_dir}?")
-    arrays: dict[str, np.ndarray] = {}
-    n = None
-    for name, (dtype, ndim, required) in ARRAY_SPECS.items():
-        path = d / f"{name}.npy"
-        if not path.exists():
-            if required:
-                raise FileNotFoundError(f"{path}: required array missing")
-            continue
-        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-        if arr.dtype != dtype or arr.ndim != ndim:
-            raise ValueError(f"{path}: expected {dtype} with ndim {ndim}, got {arr.dtype} ndim {arr.ndim}")
-        if n is None:
-            n = arr.shape[0]
-        elif arr.shape[0] != n:
-            raise ValueError(f"{path}: {arr.shape[0]} rows, expected {n}")
-        arrays[name] = arr
-    return arrays
+def load_split(data_dir: str | Path, split: str, spec: FeatureSpec, mmap: bool = True) -> Columns:
+    """One split's columns, memory-mapped (see store.read_split)."""
+    return read_split(data_dir, split, spec, mmap=mmap)
+
+
+def _tensor(arr: np.ndarray, device: torch.device) -> Tensor:
+    with warnings.catch_warnings():  # a copy-on-write map is writable; any other read-only view is never written
+        warnings.simplefilter("ignore", UserWarning)
+        t = torch.from_numpy(arr) if arr.size else torch.zeros(arr.shape, dtype=_TORCH[arr.dtype])
+    return t.to(device)
+
+
+_TORCH = {np.dtype(np.int32): torch.int32, np.dtype(np.int64): torch.int64, np.dtype(np.float32): torch.float32}
 
 
 class BatchLoader:
-    """Iterate `Batch`es over a split held as tensors.
+    """Iterate `Batch`es over one split.
 
     Args:
-        arrays: output of `load_split`.
+        cols: output of `load_split`.
+        spec: the dataset's feature spec (which fields are categorical, which sequences).
         batch_size: samples per batch (per process when world_size > 1).
         shuffle: permute the samples each epoch with a generator seeded by (seed, epoch).
-        device: where batches are built; arrays are moved there once.
-        max_len: keep at most the most recent `max_len` history positions (None: all stored).
+        device: where batches are built; arrays are moved there once (on the CPU they stay mapped).
+        max_len: keep at most the most recent `max_len` positions of every sequence group (None: all stored).
         drop_last: drop a final partial batch.
         rank, world_size: this process's shard of every epoch's order (strided, equal counts).
-        bucket: with shuffle, sort each window of `bucket * batch_size` shuffled samples by history length
-            and shuffle the resulting batches (the official DataIterator sorts 20-batch buffers by length):
-            batches hold similar lengths, so the trimmed width, and the recurrent steps of DIEN, shrink.
-            0 or 1 = plain shuffling.
+        bucket: with shuffle, sort each window of `bucket * batch_size` shuffled samples by the length of the
+            attention group (else the first group) and shuffle the resulting batches (the official
+            DataIterator sorts 20-batch buffers by length): the padded width, and DIEN's recurrent steps,
+            shrink. 0 or 1 = plain shuffling.
+        negatives: sequence groups for which to draw one negative per valid position (DIEN's auxiliary
+            loss): a uniformly drawn position of the same split's group, i.e. by popularity, with every field
+            of that position (an item comes with its own category); drawn again once where it equals the
+            positive's first field.
     """
 
     def __init__(
         self,
-        arrays: dict[str, np.ndarray],
+        cols: Columns,
+        spec: FeatureSpec,
         *,
         batch_size: int,
         shuffle: bool,
@@ -129,9 +123,13 @@ class BatchLoader:
         rank: int = 0,
         world_size: int = 1,
         bucket: int = 0,
+        negatives: tuple[str, ...] = (),
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if max_len is not None and max_len < 1:
+            raise ValueError(f"max_len must be >= 1, got {max_len}")
+        self.spec = spec
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
@@ -139,42 +137,26 @@ class BatchLoader:
         self.drop_last = drop_last
         self.rank, self.world_size = rank, world_size
         self.bucket = bucket
-        hist_len = np.asarray(arrays["hist_len"]).astype(np.int64)
-        width = arrays["hist_item"].shape[1]
-        shift = None
-        if max_len is not None and max_len < width:
-            # keep the most recent max_len positions: shift long rows left so they stay left-aligned
-            shift = np.clip(hist_len - max_len, 0, None)
-            hist_len = np.minimum(hist_len, max_len)
-        hist: dict[str, np.ndarray] = {}
-        other: dict[str, np.ndarray] = {}
-        for name, arr in arrays.items():
-            if name not in BATCH_FIELDS:
-                continue  # stored for evaluation only (e.g. true_prob): never a model input
-            a = np.asarray(arr)
-            if name in HIST_FIELDS:
-                if shift is not None:
-                    cols = (np.arange(max_len)[None, :] + shift[:, None]).clip(max=width - 1)
-                    a = np.take_along_axis(a, cols, axis=1)
-                    a = np.where(np.arange(max_len)[None, :] < hist_len[:, None], a, 0)
-                hist[name] = a
-            else:
-                other[name] = hist_len if name == "hist_len" else a
-        # Packed storage, so a batch is 3-4 gathers instead of one per field: every history field in one
-        # [N, F, W] int64 tensor, every 1-D id field in one [N, K] int64 tensor (ids become int64 once here,
-        # not per batch), the rest (label, multi-valued side fields) as they are.
-        self._hist_names = tuple(hist)
-        self._hist = torch.from_numpy(np.stack([hist[k].astype(np.int64) for k in hist], axis=1)).to(self.device)
-        self._id_names = tuple(k for k, a in other.items() if a.ndim == 1 and np.issubdtype(a.dtype, np.integer))
-        self._ids = torch.from_numpy(np.stack([other[k].astype(np.int64) for k in self._id_names], axis=1))
-        self._ids = self._ids.to(self.device)
-        self._rest = {
-            k: torch.from_numpy(np.ascontiguousarray(a if a.dtype != np.int32 else a.astype(np.int64))).to(self.device)
-            for k, a in other.items()
-            if k not in self._id_names
-        }
-        self.n = int(hist_len.shape[0])
-        self._hist_len_cpu = torch.from_numpy(hist_len)  # batch widths and bucketing without device syncs
+        self.max_len = max_len
+        dev = self.device
+        self.n = cols.n
+        self._label = _tensor(np.asarray(cols.label), dev)
+        self._group = _tensor(np.asarray(cols.group), dev)
+        self._dense = None if cols.dense is None else _tensor(cols.dense, dev)
+        self._ids = {f.name: _tensor(cols.ids[f.name], dev) for f in spec.categorical}
+        self._groups = {g.name: [f.name for f in spec.group_fields(g.name)] for g in spec.sequences}
+        self._offsets = {g: _tensor(cols.offsets[g], dev) for g in self._groups}
+        self._values = {f: _tensor(cols.values[f], dev) for fs in self._groups.values() for f in fs}
+        for g in negatives:
+            if g not in self._groups:
+                raise ValueError(f"negatives: {g!r} is not a sequence group of the spec")
+        self.negatives = tuple(negatives)
+        # per-sample lengths on the CPU (batch widths and bucketing without device syncs)
+        self._len_cpu = {g: self._capped(torch.from_numpy(np.diff(np.asarray(cols.offsets[g])))) for g in self._groups}
+        self._bucket_group = spec.attention_group or (spec.sequences[0].name if spec.sequences else None)
+
+    def _capped(self, lengths: Tensor) -> Tensor:
+        return lengths if self.max_len is None else lengths.clamp(max=self.max_len)
 
     def __len__(self) -> int:
         per_rank = self.n // self.world_size if self.world_size > 1 else self.n
@@ -187,7 +169,7 @@ class BatchLoader:
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             idx = torch.randperm(self.n, generator=g)
-            if self.bucket > 1:
+            if self.bucket > 1 and self._bucket_group is not None:
                 idx = self._bucketed(idx, g)
         else:
             idx = torch.arange(self.n)
@@ -197,28 +179,63 @@ class BatchLoader:
         return idx
 
     def _bucketed(self, idx: Tensor, g: torch.Generator) -> Tensor:
-        """Sort windows of the shuffled order by descending history length, then shuffle whole batches."""
+        """Sort windows of the shuffled order by descending length, then shuffle whole batches."""
         window = self.bucket * self.batch_size
-        lens = self._hist_len_cpu[idx]
-        key = (torch.arange(self.n) // window) * (int(lens.max()) + 1) + (lens.max() - lens)
+        lens = self._len_cpu[self._bucket_group][idx]
+        top = int(lens.max()) + 1 if lens.numel() else 1
+        key = (torch.arange(self.n) // window) * top + (top - 1 - lens)
         idx = idx[torch.sort(key, stable=True).indices]
         n_full = self.n // self.batch_size
         blocks = idx[: n_full * self.batch_size].view(n_full, self.batch_size)
         return torch.cat([blocks[torch.randperm(n_full, generator=g)].reshape(-1), idx[n_full * self.batch_size :]])
 
-    def batch(self, idx: Tensor) -> Batch:
-        """Gather rows `idx` (CPU indices) and trim the history width to the longest history among them."""
+    def batch(self, idx: Tensor, epoch: int = 0, step: int = 0) -> Batch:
+        """Gather rows `idx` (CPU indices); each sequence group is padded to its longest row among them."""
         idx = idx.cpu()
-        width = max(int(self._hist_len_cpu[idx].max()) if idx.numel() else 0, 1)
-        return self._gather(idx.to(self.device, non_blocking=True), width)
+        widths = {g: max(int(lens[idx].max()) if idx.numel() else 0, 1) for g, lens in self._len_cpu.items()}
+        didx = idx.to(self.device, non_blocking=True)
+        sparse = {name: t.index_select(0, didx).long() for name, t in self._ids.items()}
+        lengths, masks, negatives = {}, {}, {}
+        for g, fields in self._groups.items():
+            off = self._offsets[g]
+            start, end = off.index_select(0, didx), off.index_select(0, didx + 1)
+            if self.max_len is not None:
+                start = torch.maximum(start, end - self.max_len)  # keep the most recent positions
+            length = end - start
+            width = widths[g]
+            valid = torch.arange(width, device=self.device)[None, :] < length[:, None]  # [B, W]
+            pos = (start[:, None] + torch.arange(width, device=self.device)[None, :]).masked_fill_(~valid, 0)
+            flat = pos.view(-1)
+            for f in fields:
+                sparse[f] = self._gather(self._values[f], flat, valid)
+            lengths[g], masks[g] = length, valid
+            if g in self.negatives:
+                negatives.update(self._negatives(g, fields, valid, sparse, epoch, step))
+        return Batch(
+            label=self._label.index_select(0, didx),
+            group=self._group.index_select(0, didx),
+            sparse=sparse, lengths=lengths, masks=masks,
+            dense=None if self._dense is None else self._dense.index_select(0, didx),
+            negatives=negatives,
+        )
 
-    def _gather(self, idx: Tensor, width: int) -> Batch:
-        hist = self._hist[:, :, :width].index_select(0, idx)  # [B, F, width]
-        ids = self._ids.index_select(0, idx)  # [B, K]
-        out = {name: hist[:, j] for j, name in enumerate(self._hist_names)}
-        out.update({name: ids[:, j] for j, name in enumerate(self._id_names)})
-        out.update({name: t.index_select(0, idx) for name, t in self._rest.items()})
-        return Batch(**out)
+    @staticmethod
+    def _gather(values: Tensor, flat: Tensor, valid: Tensor) -> Tensor:
+        if values.numel() == 0:
+            return torch.zeros(valid.shape, dtype=torch.long, device=valid.device)
+        return values.index_select(0, flat).view(valid.shape).long().masked_fill_(~valid, 0)
+
+    def _negatives(self, g: str, fields: list[str], valid: Tensor, sparse: dict[str, Tensor],
+                   epoch: int, step: int) -> dict[str, Tensor]:
+        total = self._values[fields[0]].numel()
+        if total == 0:
+            return {f: torch.zeros_like(sparse[f]) for f in fields}
+        gen = torch.Generator().manual_seed(((self.seed * 1_000_003 + epoch) * 1_000_033 + step) * 64 + self.rank)
+        j = torch.randint(total, valid.shape, generator=gen).to(self.device)
+        first = self._values[fields[0]]
+        same = first.index_select(0, j.view(-1)).view(valid.shape).long() == sparse[fields[0]]
+        j = torch.where(same, (j + 1) % total, j).view(-1)
+        return {f: self._gather(self._values[f], j, valid) for f in fields}
 
     def iter_epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         """Batches of `epoch`, skipping the first `start_step` (exact mid-epoch resume)."""
@@ -227,7 +244,7 @@ class BatchLoader:
             sel = idx[step * self.batch_size : (step + 1) * self.batch_size]
             if sel.numel() == 0:
                 break
-            yield self.batch(sel)
+            yield self.batch(sel, epoch, step)
 
     def __iter__(self) -> Iterator[Batch]:
         return self.iter_epoch(0)
