@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 
 from canctr.bench import training_batches
-from canctr.data.batch import load_split
 from canctr.data.schema import Schema
 from canctr.env import machine_description
 from canctr.models import create_model
@@ -60,11 +59,11 @@ def main() -> int:
     ap.add_argument("--chunk", type=int, default=10, help="steps per turn")
     ap.add_argument("--out", default="benchmarks/results/can_cost_cpu")
     a = ap.parse_args()
-    schema, arrays = Schema.load(a.data), load_split(a.data, "train")
+    schema = Schema.load(a.data)
     base, can = a.models
     rows = []
     for bs in a.batch_sizes:
-        batches = training_batches(arrays, bs, a.warmup + a.steps)
+        batches = training_batches(a.data, bs, a.warmup + a.steps, negatives=("hist",))
         for optimizer in a.optimizers:
             t_base, t_can = interleaved(schema, batches, (base, can), optimizer, a.warmup, a.chunk)
             per_chunk = sorted(c / b for b, c in zip(t_base, t_can))

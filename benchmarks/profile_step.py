@@ -14,7 +14,6 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from canctr.bench import training_batches
-from canctr.data.batch import load_split
 from canctr.data.schema import Schema
 from canctr.env import machine_description
 from canctr.models import create_model
@@ -34,8 +33,8 @@ def main() -> int:
     ap.add_argument("--out", default="benchmarks/results/profile_cpu.md")
     a = ap.parse_args()
     dev = resolve_device(a.device)
-    schema, arrays = Schema.load(a.data), load_split(a.data, "train")
-    batches = training_batches(arrays, a.batch_size, a.steps + 10, device=dev)
+    schema = Schema.load(a.data)
+    batches = training_batches(a.data, a.batch_size, a.steps + 10, device=dev, negatives=("hist",))
     sort = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     lines = [f"# Training-step profiles ({schema.dataset}, batch {a.batch_size}, {a.optimizer}, {dev.type})", "",

@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 
 from canctr.bench import training_batches
-from canctr.data.batch import load_split
 from canctr.data.schema import Schema
 from canctr.env import machine_description
 from canctr.models import create_model
@@ -30,11 +29,11 @@ from canctr.train.loop import train_step
 VARIANTS = {"baseline": (0, False), "+bucket": (20, False), "+fused": (20, True)}
 
 
-def step_ms(schema, arrays, model_name: str, bucket: int, fused: bool, steps: int, warmup: int) -> float:
+def step_ms(schema, data, model_name: str, bucket: int, fused: bool, steps: int, warmup: int) -> float:
     torch.manual_seed(0)
     model = create_model(model_name, schema)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, **({"fused": True} if fused else {}))
-    batches = training_batches(arrays, 128, warmup + steps, bucket=bucket)
+    batches = training_batches(data, 128, warmup + steps, bucket=bucket, negatives=("hist",))
     for b in batches[:warmup]:
         train_step(model, b, opt)
     t0 = time.perf_counter()
@@ -52,12 +51,12 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default="benchmarks/results/speed_ablation_cpu")
     a = ap.parse_args()
-    schema, arrays = Schema.load(a.data), load_split(a.data, "train")
+    schema = Schema.load(a.data)
     times: dict[tuple[str, str], list[float]] = {}
     for _ in range(a.rounds):
         for model in a.models:
             for name, (bucket, fused) in VARIANTS.items():
-                ms = step_ms(schema, arrays, model, bucket, fused, a.steps, a.warmup)
+                ms = step_ms(schema, a.data, model, bucket, fused, a.steps, a.warmup)
                 times.setdefault((model, name), []).append(ms)
     rows = []
     for model in a.models:

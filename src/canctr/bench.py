@@ -29,6 +29,7 @@ import torch
 from canctr.config import add_optimizer_argument
 from canctr.data.batch import Batch, BatchLoader, load_split
 from canctr.data.schema import Schema
+from canctr.models.base import negative_groups
 from canctr.env import machine_description
 from canctr.models import create_model
 from canctr.train.loop import resolve_device, train_step
@@ -59,8 +60,9 @@ def train_cell(data: str, model_name: str, batch_size: int, device: str, warmup:
     torch.manual_seed(seed)
     model = create_model(model_name, schema).to(dev)
     opt = make_optimizer(model, 1e-3, optimizer)
-    loader = BatchLoader(load_split(data, "train"), batch_size=batch_size, shuffle=True, seed=seed,
-                         device=dev, max_len=100, bucket=20, drop_last=True)
+    loader = BatchLoader(load_split(data, "train", schema.spec), schema.spec, batch_size=batch_size, shuffle=True,
+                         seed=seed, device=dev, max_len=100, bucket=20, drop_last=True,
+                         negatives=negative_groups(model))
     batches = iter(_cycle(loader))
     for _ in range(warmup):
         train_step(model, next(batches), opt)
@@ -82,31 +84,31 @@ def _cycle(loader: BatchLoader):
         epoch += 1
 
 
-def training_batches(arrays: dict[str, Any], batch_size: int, n: int, *, bucket: int = 20, seed: int = 0,
-                     device: torch.device | str = "cpu") -> list[Batch]:
+def training_batches(data: str | Path, batch_size: int, n: int, *, bucket: int = 20, seed: int = 0,
+                     device: torch.device | str = "cpu", negatives: tuple[str, ...] = ()) -> list[Batch]:
     """The first n training batches (length-bucketed, full-size, crossing epochs if needed): the fixed batch
-    sequence the benchmark scripts time every variant on."""
-    loader = BatchLoader(arrays, batch_size=batch_size, shuffle=True, seed=seed, max_len=100, bucket=bucket,
-                         drop_last=True, device=device)
+    sequence the benchmark scripts time every variant on (negatives: the groups DIEN needs, see
+    models.base.negative_groups)."""
+    spec = Schema.load(data).spec
+    loader = BatchLoader(load_split(data, "train", spec), spec, batch_size=batch_size, shuffle=True, seed=seed,
+                         max_len=100, bucket=bucket, drop_last=True, device=device, negatives=negatives)
     return list(itertools.islice(_cycle(loader), n))
 
 
-def request_batch(arrays: dict[str, np.ndarray], row: int, candidates: np.ndarray, device: torch.device) -> Batch:
-    """One user's history (row `row` of the split) scored against C candidate (item, cate) pairs."""
-    C = len(candidates)
-    n = int(arrays["hist_len"][row])
-    width = max(n, 1)
+def request_batch(loader: BatchLoader, row: int, candidates: dict[str, np.ndarray], device: torch.device) -> Batch:
+    """One user's features (row `row` of the loader's split) scored against C candidates: `candidates` maps
+    each item-side categorical field to its [C] ids; every other field is the user's, repeated."""
+    one = loader.batch(torch.tensor([row]))
+    C = len(next(iter(candidates.values())))
 
-    def hist(name: str) -> torch.Tensor:
-        return torch.from_numpy(np.repeat(arrays[name][row : row + 1, :width].astype(np.int64), C, axis=0))
+    def rep(t: torch.Tensor) -> torch.Tensor:
+        return t.expand(C, *t.shape[1:])
 
+    sparse = {k: torch.from_numpy(candidates[k]) if k in candidates else rep(v) for k, v in one.sparse.items()}
     return Batch(
-        label=torch.zeros(C), group=torch.zeros(C, dtype=torch.long),
-        user=torch.full((C,), int(arrays["user"][row])),
-        item=torch.from_numpy(candidates[:, 0]), cate=torch.from_numpy(candidates[:, 1]),
-        hist_item=hist("hist_item"), hist_cate=hist("hist_cate"), hist_len=torch.full((C,), n),
-        neg_hist_item=hist("neg_hist_item"), neg_hist_cate=hist("neg_hist_cate"),
-        hist_item_pair=hist("hist_item_pair"), hist_cate_pair=hist("hist_cate_pair"),
+        label=torch.zeros(C), group=torch.zeros(C, dtype=torch.long), sparse=sparse,
+        lengths={k: rep(v) for k, v in one.lengths.items()}, masks={k: rep(v) for k, v in one.masks.items()},
+        dense=None if one.dense is None else rep(one.dense),
     ).to(device)
 
 
@@ -117,22 +119,24 @@ def infer_cell(data: str, model_name: str, device: str, candidates: int, request
     schema = Schema.load(data)
     torch.manual_seed(0)
     model = create_model(model_name, schema).to(dev).eval()
-    arrays = load_split(data, "test")
+    cols = load_split(data, "test", schema.spec)
+    loader = BatchLoader(cols, schema.spec, batch_size=bulk_batch, shuffle=False, device=dev)
     rng = np.random.default_rng(0)
     # requests for users with a typical history: rows cycle over the split
-    rows = rng.integers(0, len(arrays["label"]), requests + 20)
-    pool = np.stack([arrays["item"], arrays["cate"]], axis=1).astype(np.int64)
+    rows = rng.integers(0, cols.n, requests + 20)
+    item_side = [f.name for f in schema.spec.categorical if f.side == "item"]
     lat = []
     with torch.inference_mode():
         for k, row in enumerate(rows):
-            batch = request_batch(arrays, int(row), pool[rng.integers(0, len(pool), candidates)], dev)
+            pick = rng.integers(0, cols.n, candidates)  # candidates: the item-side fields of random samples
+            cand = {f: np.asarray(cols.ids[f][pick], np.int64) for f in item_side}
+            batch = request_batch(loader, int(row), cand, dev)
             _sync(dev)
             t0 = time.perf_counter()
             model(batch).logits.sigmoid()
             _sync(dev)
             if k >= 20:  # warm-up
                 lat.append(time.perf_counter() - t0)
-        loader = BatchLoader(arrays, batch_size=bulk_batch, shuffle=False, device=dev)
         for b in loader.iter_epoch(0):  # warm-up pass
             model(b).logits.sigmoid()
         _sync(dev)
@@ -150,8 +154,9 @@ def infer_cell(data: str, model_name: str, device: str, candidates: int, request
 def loader_cell(data: str, device: str, batch_size: int) -> dict[str, Any]:
     """The loader alone: one epoch of training batches (bucketed, trimmed), samples/s."""
     dev = resolve_device(device)
-    loader = BatchLoader(load_split(data, "train"), batch_size=batch_size, shuffle=True, seed=0, device=dev,
-                         max_len=100, bucket=20)
+    spec = Schema.load(data).spec
+    loader = BatchLoader(load_split(data, "train", spec), spec, batch_size=batch_size, shuffle=True, seed=0,
+                         device=dev, max_len=100, bucket=20)
     for _ in loader.iter_epoch(0):
         pass
     _sync(dev)

@@ -83,6 +83,11 @@ def from_dict(cls: type[T], data: dict[str, Any], *, where: str | None = None) -
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(names)}")
+    required = [f.name for f in dataclasses.fields(cls) if f.init and f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING]
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise ConfigError(f"{where}: missing key(s) {missing}")
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
     return cls(**kwargs)
 

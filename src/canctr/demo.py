@@ -72,10 +72,10 @@ def run_demo(
                 f"{schema.splits['train']:,} train / {schema.splits['test']:,} test samples; "
                 f"Bayes AUC {schema.counts['bayes_auc']:.4f} ({time.perf_counter() - start:.1f}s)"
             )
-            test = load_split(root / "data", "test")
+            test = load_split(root / "data", "test", schema.spec)
             bayes = {
                 "model": "bayes (true_prob)",
-                **ctr_metrics(test["label"], test["true_prob"], test["group"]),
+                **ctr_metrics(test.label, test.extras["true_prob"], test.group),
             }
             rows = [bayes]
             for name in (m for m in models if m in registered):

@@ -38,7 +38,9 @@ import numpy as np
 
 from canctr.data import chunks, readers
 from canctr.data.readers import DEFAULT_CATE, Interactions, Interner
-from canctr.data.schema import SPLITS, Schema, save_split, save_vocab
+from canctr.data.schema import SPLITS, Schema, save_vocab
+from canctr.data.spec import behaviour_spec
+from canctr.data.store import Columns, save_pair_keys, write_split
 
 PAD = -1  # raw-code padding; encodes to index 0
 PAD_NAME = "<pad/unk>"
@@ -137,21 +139,6 @@ def _with_target(
     is_head[heads] = True
     out[heads] = target
     out[~is_head] = hist
-    return out
-
-
-def _padding_index(hist_len: np.ndarray) -> tuple[tuple[int, int], np.ndarray]:
-    """Shape [N, W] (W = max(1, max hist_len)) and, for each ragged entry, its flat index in that matrix."""
-    width = max(int(hist_len.max(initial=0)), 1)
-    rows = np.repeat(np.arange(hist_len.size), hist_len)
-    cols = _ragged_arange(np.zeros_like(hist_len), hist_len)
-    return (hist_len.size, width), rows * width + cols
-
-
-def _padded(flat: np.ndarray, shape: tuple[int, int], index: np.ndarray) -> np.ndarray:
-    """Ragged [H] -> [N, W] left-aligned, 0 beyond hist_len (see _padding_index)."""
-    out = np.zeros(shape, flat.dtype)
-    out.ravel()[index] = flat
     return out
 
 
@@ -431,7 +418,7 @@ def encode_and_save(
     splits: dict[str, RawSplit],
     names: Names,
     item_cate: np.ndarray,
-    pool: np.ndarray,
+    pool: np.ndarray | None = None,
     *,
     dataset: str,
     protocol: str,
@@ -441,73 +428,80 @@ def encode_and_save(
     options: dict[str, Any],
     side: SideInfo | None = None,
 ) -> Schema:
-    """Stages 4-6: history negatives, train-fitted vocabularies and pair ids, files + schema.json.
+    """Stages 5-6: train-fitted vocabularies, the ragged store under the `behaviour_spec` preset, the
+    Cartesian pair keys and schema.json.
 
-    pool: item codes the auxiliary negatives are drawn from uniformly (every event row = by popularity).
+    pool: unused (DIEN's auxiliary negatives are drawn by the loader now); kept so callers need not change.
     """
+    del pool
     for split in SPLITS:
         if splits[split].label.size == 0:
             hint = "; raise --test-fraction or use more users" if split == "test" else ""
             raise ValueError(f"no {split} samples were produced (users: {counts.get('users')}){hint}")
-    _, _, rng_hist = _rngs(opts.seed)
-    n_item, n_cate = len(names.item), len(names.cate)
-
     side = side or SideInfo()
     tr = splits["train"]
     cate_seen = _with_target(tr.cate, tr.hist_cate, tr.hist_len)
     if side.item_cates is not None:  # every category of the train targets counts too (after the first)
         cate_seen = np.concatenate([cate_seen, side.item_cates[tr.item].ravel()])
-    train_pairs = {  # fitted on and encoded as the very same arrays (Vocab.encode reuses the fit)
-        "hist_item_pair": _pair_keys(tr.item, tr.hist_item, tr.hist_len, n_item),
-        "hist_cate_pair": _pair_keys(tr.cate, tr.hist_cate, tr.hist_len, n_cate),
-    }
     vocab = {
         "user": Vocab.fit(tr.user),
         "item": Vocab.fit(_with_target(tr.item, tr.hist_item, tr.hist_len)),
         "cate": Vocab.fit(cate_seen),
-        "item_pair": Vocab.fit(train_pairs["hist_item_pair"]),
-        "cate_pair": Vocab.fit(train_pairs["hist_cate_pair"]),
     }
-    sizes = {"user": len(names.user), "item": n_item, "cate": n_cate}
+    sizes = {"user": len(names.user), "item": len(names.item), "cate": len(names.cate)}
     for name, (codes, feature_names) in side.user_features.items():
         vocab[name], sizes[name] = Vocab.fit(codes[tr.user]), len(feature_names)
     tables = {k: vocab[k].table(n) for k, n in sizes.items()}
+    bags = {}
+    if side.item_cates is not None:
+        bags["item_cates"] = ("cate", int(side.item_cates.shape[1]))
+    spec = behaviour_spec(
+        max_len=max(opts.max_len, opts.test_max_len or 0),
+        user_fields=tuple(side.user_features),
+        item_bags=bags,
+    )
     oov: dict[str, dict[str, int]] = {}
+    pair_keys: dict[str, np.ndarray] = {}
     out = Path(out)
     # file writes (GIL released) overlap the next split's encoding; leaving the block waits for them
     with ThreadPoolExecutor(max_workers=1) as writer:
         writes = []
         for split in SPLITS:
             s = splits[split]
-            neg_item = sample_excluding(pool, s.hist_item, rng_hist)  # [H] one per history position
-            raw = {
+            scalar = {
                 "user": ("user", s.user),
                 "item": ("item", s.item),
                 "cate": ("cate", s.cate),
-                "hist_item": ("item", s.hist_item),
-                "hist_cate": ("cate", s.hist_cate),
-                "neg_hist_item": ("item", neg_item),
-                "neg_hist_cate": ("cate", _lookup(item_cate, neg_item)),
-                "hist_item_pair": ("item_pair", train_pairs["hist_item_pair"] if split == "train"
-                                   else _pair_keys(s.item, s.hist_item, s.hist_len, n_item)),
-                "hist_cate_pair": ("cate_pair", train_pairs["hist_cate_pair"] if split == "train"
-                                   else _pair_keys(s.cate, s.hist_cate, s.hist_len, n_cate)),
                 **{name: (name, codes[s.user]) for name, (codes, _) in side.user_features.items()},
             }
-            if side.item_cates is not None:
-                raw["item_cates"] = ("cate", side.item_cates[s.item])  # [N, G]
-            arrays = {"label": s.label.astype(np.float32), "group": s.group, "hist_len": s.hist_len, **s.values}
-            shape, index = _padding_index(s.hist_len)
+            seq = {"hist_item": ("item", s.hist_item), "hist_cate": ("cate", s.hist_cate)}
+            lengths = {"hist": s.hist_len}
+            if side.item_cates is not None:  # the target's categories, -1 padded -> ragged valid entries
+                per = side.item_cates[s.item]  # [N, G]
+                seq["item_cates"] = ("cate", per[per >= 0])
+                lengths["item_cates"] = np.count_nonzero(per >= 0, axis=1)
             oov[split] = {}
-            for name, (voc, codes) in raw.items():
-                # dense id fields: a table lookup (code -1 reads the table's last entry, 0); pairs: searchsorted
-                encoded = tables[voc][codes] if voc in tables else vocab[voc].encode(codes)
-                oov[split][name] = int(np.count_nonzero((codes >= 0) & (encoded == 0)))
-                arrays[name] = (
-                    _padded(encoded, shape, index) if name.startswith(("hist_", "neg_hist_")) else encoded
-                )
-            writes.append(writer.submit(save_split, out, split, arrays))
-
+            encoded = {}
+            for name, (voc, codes) in {**scalar, **seq}.items():
+                enc = tables[voc][codes]  # dense id codes: a table lookup (code -1 reads the last entry, 0)
+                oov[split][name] = int(np.count_nonzero((codes >= 0) & (enc == 0)))
+                encoded[name] = enc
+            if split == "train":
+                n_item, n_cate = len(vocab["item"]), len(vocab["cate"])
+                for pair, target, hist, n in (("item>hist_item", "item", "hist_item", n_item),
+                                              ("cate>hist_cate", "cate", "hist_cate", n_cate)):
+                    keys = _pair_keys(encoded[target], encoded[hist], s.hist_len, n)
+                    pair_keys[pair] = np.unique(keys[(keys >= 0) & (keys % n > 0) & (keys // n > 0)])
+            cols = Columns.from_lengths(
+                spec,
+                label=s.label.astype(np.float32),
+                group=s.group.astype(np.int64),
+                ids={k: encoded[k] for k in scalar},
+                lengths=lengths,
+                flat={k: encoded[k] for k in seq},
+                extras=dict(s.values),
+            )
+            writes.append(writer.submit(write_split, out, split, spec, cols))
         for w in writes:
             w.result()  # re-raises a failed write here
     named = {"user": names.user, "item": names.item, "cate": names.cate}
@@ -521,10 +515,8 @@ def encode_and_save(
     if side.item_cates is not None:  # [n_item, G] cate indices of every item index, row 0 = padding
         per_item = tables["cate"][side.item_cates[vocab["item"].codes]]
         _save_npy(out / "vocab" / "item_cates.npy", np.concatenate([np.zeros_like(per_item[:1]), per_item]))
-    for pair_field, base, n in (("item_pair", "item", n_item), ("cate_pair", "cate", n_cate)):
-        keys = vocab[pair_field].codes
-        pairs = np.stack([vocab[base].encode(keys // n), vocab[base].encode(keys % n)], axis=1)
-        _save_npy(out / "vocab" / f"{pair_field}.npy", np.concatenate([np.zeros((1, 2), np.int32), pairs]))
+    for pair, keys in pair_keys.items():
+        save_pair_keys(out, pair, keys)
 
     counts = {
         **counts,
@@ -532,23 +524,20 @@ def encode_and_save(
         "positive_rate": {k: round(float(v.label.mean()), 6) for k, v in splits.items()},
         "split_users": {k: _n_distinct(v.group) for k, v in splits.items()},
         "oov": oov,
-        "pairs": {"item_pair": len(vocab["item_pair"]) - 1, "cate_pair": len(vocab["cate_pair"]) - 1},
+        "pairs": {k: int(v.size) for k, v in pair_keys.items()},
+        "max_hist_len": {k: int(v.hist_len.max(initial=0)) for k, v in splits.items()},
     }
     schema = Schema(
         dataset=dataset,
         protocol=protocol,
         seed=opts.seed,
-        max_len=max(int(tr.hist_len.max(initial=0)), 1),  # = the train arrays' width
-        n_user=len(vocab["user"]),
-        n_item=len(vocab["item"]),
-        n_cate=len(vocab["cate"]),
-        n_item_pair=len(vocab["item_pair"]),
-        n_cate_pair=len(vocab["cate_pair"]),
+        spec=spec,
+        vocab={k: len(v) for k, v in vocab.items()},
+        pairs={k: int(v.size) + 1 for k, v in pair_keys.items()},
         splits={k: int(v.label.size) for k, v in splits.items()},
         sources=sources,
         counts=counts,
         options=options,
-        feature_vocab={name: len(vocab[name]) for name in side.user_features},
     )
     schema.save(out / "schema.json")  # written last: its presence marks a complete directory
     return schema
@@ -831,7 +820,8 @@ def format_summary(schema: Schema) -> str:
     """A few lines for humans: sizes, samples, positive rate, OOV and skipped rows."""
     c = schema.counts
     lines = [
-        f"{schema.dataset}  protocol={schema.protocol}  seed={schema.seed}  history width={schema.max_len}"
+        f"{schema.dataset}  protocol={schema.protocol}  seed={schema.seed}  "
+        f"longest train history {c.get('max_hist_len', {}).get('train', 0)}"
     ]
     parts = [
         f"users {c.get('users', 0):,}",
@@ -851,9 +841,8 @@ def format_summary(schema: Schema) -> str:
             f"positive rate {c['positive_rate'][split]:.3f}"
         )
     lines.append(
-        f"  vocab (incl. index 0): user {schema.n_user:,}, item {schema.n_item:,}, cate {schema.n_cate:,}, "
-        f"item_pair {schema.n_item_pair:,}, cate_pair {schema.n_cate_pair:,}"
-        + "".join(f", {k} {v:,}" for k, v in schema.feature_vocab.items())
+        "  vocab (incl. index 0): " + ", ".join(f"{k} {v:,}" for k, v in schema.vocab.items())
+        + "".join(f", pairs {k} {v:,}" for k, v in schema.pairs.items())
     )
     window = c.get("outside_time_window")
     if window and window["rows"]:

@@ -98,6 +98,8 @@ class Schema:
         path = Path(path)
         if path.is_dir():
             path = path / "schema.json"
+        elif path.is_file() and path.name != "schema.json":
+            raise SchemaError(f"{path}: is a file; expected a prepared directory (with schema.json)")
         if not path.exists():
             raise SchemaError(f"{path}: no schema.json; run `canctr prepare ...` first")
         try:

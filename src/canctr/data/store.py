@@ -56,7 +56,7 @@ class Columns:
         return np.diff(self.offsets[group])
 
     @classmethod
-    def from_padded(
+    def from_lengths(
         cls, spec: FeatureSpec, label: np.ndarray, group: np.ndarray, ids: dict[str, np.ndarray],
         lengths: dict[str, np.ndarray], flat: dict[str, np.ndarray], **rest,
     ) -> Columns:

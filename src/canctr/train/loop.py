@@ -25,6 +25,7 @@ from canctr.data.batch import Batch, BatchLoader, load_split
 from canctr.data.schema import Schema, atomic_write_text
 from canctr.env import machine_description
 from canctr.models import create_model, make_config
+from canctr.models.base import negative_groups
 from canctr.train.checkpoint import load_model, load_training_state, save_checkpoint
 from canctr.train.metrics import ctr_metrics
 from canctr.train.optim import OPTIMIZERS, make_optimizer
@@ -61,6 +62,14 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "eval_batch_size", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_len", "bucket", "eval_max_len", "checkpoint_every", "eval_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise ValueError(f"TrainConfig.lr must be a positive number, got {self.lr}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"TrainConfig.optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
 
@@ -123,13 +132,15 @@ def _setup_logging(run_dir: Path) -> logging.Handler:
     return handler
 
 
-def _loaders(cfg: TrainConfig, device: torch.device) -> tuple[BatchLoader, BatchLoader]:
+def _loaders(cfg: TrainConfig, schema: Schema, model: nn.Module,
+             device: torch.device) -> tuple[BatchLoader, BatchLoader]:
+    spec = schema.spec
     train = BatchLoader(
-        load_split(cfg.data, "train"), batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed,
-        device=device, max_len=cfg.max_len or None, bucket=cfg.bucket,
+        load_split(cfg.data, "train", spec), spec, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed,
+        device=device, max_len=cfg.max_len or None, bucket=cfg.bucket, negatives=negative_groups(model),
     )
     test = BatchLoader(
-        load_split(cfg.data, "test"), batch_size=cfg.eval_batch_size, shuffle=False,
+        load_split(cfg.data, "test", spec), spec, batch_size=cfg.eval_batch_size, shuffle=False,
         device=device, max_len=cfg.eval_max_len or None,
     )
     return train, test
@@ -155,7 +166,7 @@ def _fit(cfg: TrainConfig, run_dir: Path, resume: bool) -> dict[str, Any]:
     model_cfg = make_config(cfg.model, cfg.model_config)
     model = create_model(cfg.model, schema, model_cfg).to(device)
     optimizer = make_optimizer(model, cfg.lr, cfg.optimizer)
-    train_loader, test_loader = _loaders(cfg, device)
+    train_loader, test_loader = _loaders(cfg, schema, model, device)
     if len(train_loader) == 0:
         raise ValueError(f"{cfg.data}: the training split is empty")
 
@@ -281,6 +292,8 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, device
                  batch_size: int = 1024) -> dict[str, float]:
     """Re-score a saved run on the held-out split (data_dir defaults to the run's own)."""
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir}: no such run directory")
     cfg = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
     data_dir = data_dir or cfg.get("data")
     if data_dir is None:
@@ -288,11 +301,11 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, device
     dev = resolve_device(device)
     model, schema = load_model(run_dir / "checkpoint", dev)
     data_schema = Schema.load(data_dir)
-    if data_schema.vocab_sizes() != schema.vocab_sizes():
+    if data_schema.vocab != schema.vocab or data_schema.spec != schema.spec:
         raise ValueError(
-            f"{data_dir}: vocabulary sizes {data_schema.vocab_sizes()} differ from the checkpoint's "
-            f"{schema.vocab_sizes()}: the data was prepared differently"
+            f"{data_dir}: its feature spec or vocabulary sizes ({data_schema.vocab}) differ from the checkpoint's "
+            f"({schema.vocab}): the data was prepared differently"
         )
-    loader = BatchLoader(load_split(data_dir, "test"), batch_size=batch_size, shuffle=False, device=dev,
-                         max_len=cfg.get("eval_max_len") or None)
+    loader = BatchLoader(load_split(data_dir, "test", schema.spec), schema.spec, batch_size=batch_size,
+                         shuffle=False, device=dev, max_len=cfg.get("eval_max_len") or None)
     return evaluate(model, loader)
