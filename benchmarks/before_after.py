@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 CELL = r"""
-import json, sys, time, torch
+import json, resource, sys, time, torch
 from canctr.data.batch import BatchLoader, load_split
 from canctr.data.schema import Schema
 from canctr.models import create_model
@@ -33,32 +33,43 @@ except ImportError:  # versions before train/optim.py
     from canctr.train.loop import make_optimizer
 data, model_name, bs, steps, warmup = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 schema = Schema.load(data)
-loader = BatchLoader(load_split(data, "train"), batch_size=bs, shuffle=True, seed=0, max_len=100, bucket=20,
-                     drop_last=True)
-batches = [b for _, b in zip(range(warmup + steps), loader.iter_epoch(0))]
 torch.manual_seed(0)
 model = create_model(model_name, schema)
+if hasattr(schema, "spec"):  # the ragged store and keyed batch (feature spec)
+    from canctr.models.base import negative_groups
+    loader = BatchLoader(load_split(data, "train", schema.spec), schema.spec, batch_size=bs, shuffle=True, seed=0,
+                         max_len=100, bucket=20, drop_last=True, negatives=negative_groups(model))
+else:
+    loader = BatchLoader(load_split(data, "train"), batch_size=bs, shuffle=True, seed=0, max_len=100, bucket=20,
+                         drop_last=True)
 opt = make_optimizer(model, 1e-3)
-for b in batches[:warmup]:
+# the loader is timed too: this is what training costs per step, batch building included
+it = loader.iter_epoch(0)
+for _, b in zip(range(warmup), it):
     train_step(model, b, opt)
 t0 = time.perf_counter()
-for b in batches[warmup:]:
+n = 0
+for _, b in zip(range(steps), it):
     train_step(model, b, opt)
-print(json.dumps({"ms": 1000 * (time.perf_counter() - t0) / (len(batches) - warmup)}))
+    n += 1
+print(json.dumps({"ms": 1000 * (time.perf_counter() - t0) / n,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 
-def run_cell(src: Path, data: str, model: str, bs: int, steps: int, warmup: int) -> float:
+def run_cell(src: Path, data: str, model: str, bs: int, steps: int, warmup: int) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(src)}
     out = subprocess.run([sys.executable, "-c", CELL, data, model, str(bs), str(steps), str(warmup)],
                          env=env, check=True, capture_output=True, text=True, cwd=ROOT)
-    return json.loads(out.stdout.strip().splitlines()[-1])["ms"]
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--before", required=True, help="git revision to compare against")
     ap.add_argument("--data", required=True)
+    ap.add_argument("--before-data", default=None,
+                    help="the same dataset prepared by the earlier version, when the format changed (default: --data)")
     ap.add_argument("--models", nargs="+", default=["dien", "can-dien"])
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--steps", type=int, default=60)
@@ -75,19 +86,24 @@ def main() -> int:
         subprocess.run(["git", "worktree", "add", "--detach", str(wt), rev], cwd=ROOT, check=True, capture_output=True)
         try:
             srcs = {"before": wt / "src", "after": ROOT / "src"}
+            datas = {"before": a.before_data or a.data, "after": a.data}
             ms: dict[tuple[str, str], list[float]] = {}
+            rss: dict[tuple[str, str], list[float]] = {}
             for r in range(a.rounds):
                 for model in a.models:
                     for version in (("before", "after") if r % 2 == 0 else ("after", "before")):
-                        ms.setdefault((model, version), []).append(
-                            run_cell(srcs[version], a.data, model, a.batch_size, a.steps, a.warmup))
+                        cell = run_cell(srcs[version], datas[version], model, a.batch_size, a.steps, a.warmup)
+                        ms.setdefault((model, version), []).append(cell["ms"])
+                        rss.setdefault((model, version), []).append(cell["peak_rss_mb"])
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(wt)], cwd=ROOT, check=False)
     from canctr.env import machine_description
 
     rows = [{"model": m, "before_ms": statistics.median(ms[(m, "before")]),
              "after_ms": statistics.median(ms[(m, "after")]),
-             "before_rounds": ms[(m, "before")], "after_rounds": ms[(m, "after")]} for m in a.models]
+             "before_rounds": ms[(m, "before")], "after_rounds": ms[(m, "after")],
+             "before_peak_rss_mb": max(rss[(m, "before")]), "after_peak_rss_mb": max(rss[(m, "after")])}
+            for m in a.models]
     for r in rows:
         r["speedup"] = r["before_ms"] / r["after_ms"]
     meta = {"command": "python benchmarks/before_after.py " + " ".join(sys.argv[1:]), "before": rev,
@@ -95,8 +111,13 @@ def main() -> int:
             "machine": machine_description(), "batch_size": a.batch_size}
     lines = [f"# Step time before ({rev}) and after ({head}), batch {a.batch_size}, {Path(a.data).name}", "",
              f"Command: `{meta['command']}`  ", f"Date: {meta['date']}; machine: {meta['machine']}", "",
-             "| model | before ms/step | after ms/step | speed-up |", "|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['before_ms']:.2f} | {r['after_ms']:.2f} | {r['speedup']:.2f}× |" for r in rows]
+             "Each cell is a fresh process training `--steps` steps after `--warmup` (batch building included); "
+             "rounds alternate the versions; medians of the rounds, peak RSS the largest.", "",
+             "| model | before ms/step | after ms/step | speed-up | before samples/s | after samples/s "
+             "| before peak RSS MB | after peak RSS MB |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['before_ms']:.2f} | {r['after_ms']:.2f} | {r['speedup']:.2f}× "
+              f"| {1000 * a.batch_size / r['before_ms']:,.0f} | {1000 * a.batch_size / r['after_ms']:,.0f} "
+              f"| {r['before_peak_rss_mb']:,.0f} | {r['after_peak_rss_mb']:,.0f} |" for r in rows]
     print("\n".join(lines))
     if a.out:
         out = Path(a.out)

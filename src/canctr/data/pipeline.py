@@ -179,6 +179,13 @@ def _unique_first_inverse_counts(v: np.ndarray) -> tuple[np.ndarray, ...]:
     return vals[start], pos[start], inverse, np.diff(np.r_[np.flatnonzero(start), n])
 
 
+def distinct_sorted(v: np.ndarray) -> np.ndarray:
+    """np.unique(v) for keys >= 0, by counting when the key space is small (MovieLens' 40 M pair keys)."""
+    if v.size and int(v.max()) <= max(DENSE_MAX_KEYS, 4 * v.size):
+        return np.flatnonzero(np.bincount(v)).astype(np.int64)
+    return np.unique(v).astype(np.int64)
+
+
 def _n_distinct(v: np.ndarray) -> int:
     """np.unique(v).size; by counting when v holds small non-negative codes (a hash pass otherwise)."""
     if v.size and v.dtype.kind in "iu" and int(v.min()) >= 0 and int(v.max()) <= max(DENSE_MAX_KEYS, 4 * v.size):
@@ -491,7 +498,7 @@ def encode_and_save(
                 for pair, target, hist, n in (("item>hist_item", "item", "hist_item", n_item),
                                               ("cate>hist_cate", "cate", "hist_cate", n_cate)):
                     keys = _pair_keys(encoded[target], encoded[hist], s.hist_len, n)
-                    pair_keys[pair] = np.unique(keys[(keys >= 0) & (keys % n > 0) & (keys // n > 0)])
+                    pair_keys[pair] = distinct_sorted(keys[(keys >= 0) & (keys % n > 0) & (keys // n > 0)])
             cols = Columns.from_lengths(
                 spec,
                 label=s.label.astype(np.float32),
