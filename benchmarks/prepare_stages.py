@@ -18,10 +18,21 @@ import tempfile
 import time
 from pathlib import Path
 
-from canctr.data import pipeline, readers
+try:  # the module layout since data/ was split by job; an older checkout (PYTHONPATH) has the flat one
+    from canctr.data import encode
+    from canctr.data.formats import amazon
+    from canctr.data.samples import PrepareOptions
 
-STAGES = ((readers, "read_amazon_reviews"), (readers, "read_amazon_meta"), (pipeline, "_item_categories"),
-          (pipeline, "event_samples"), (pipeline, "encode_and_save"))
+    STAGES = ((amazon, "read_amazon_reviews"), (amazon, "read_amazon_meta"), (encode, "item_categories"),
+              (encode, "event_samples"), (encode, "encode_and_save"))
+    prepare_amazon = amazon.prepare_amazon
+except ImportError:
+    from canctr.data import pipeline, readers
+    from canctr.data.pipeline import PrepareOptions
+
+    STAGES = ((readers, "read_amazon_reviews"), (readers, "read_amazon_meta"), (pipeline, "_item_categories"),
+              (pipeline, "event_samples"), (pipeline, "encode_and_save"))
+    prepare_amazon = pipeline.prepare_amazon
 
 
 def main() -> int:
@@ -38,14 +49,14 @@ def main() -> int:
             try:
                 return _fn(*args, **kwargs)
             finally:
-                seconds[_name] = seconds.get(_name, 0.0) + time.perf_counter() - t
+                seconds[_name.lstrip("_")] = seconds.get(_name.lstrip("_"), 0.0) + time.perf_counter() - t
 
         setattr(module, name, timed)
     raw = Path(a.raw)
     out = Path(tempfile.mkdtemp(prefix="canctr-stages-"))
     try:
         t = time.perf_counter()
-        pipeline.prepare_amazon(raw / "reviews.json", raw / "meta.json", out, pipeline.PrepareOptions())
+        prepare_amazon(raw / "reviews.json", raw / "meta.json", out, PrepareOptions())
         total = time.perf_counter() - t
     finally:
         shutil.rmtree(out, ignore_errors=True)

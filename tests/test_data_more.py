@@ -11,18 +11,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_data import check_invariants, files_bytes, run_cli, valid, vocab
+from test_data import check_invariants, files_bytes, load, run_cli, seqs, vocab
 
 from canctr.cli import main
-from canctr.data import BatchLoader, Schema, load_split
-from canctr.data.movielens import USER_FEATURES, prepare_movielens
-from canctr.data.pipeline import PrepareOptions, format_summary
-from canctr.data.readers import TAOBAO_WINDOW, DataFormatError
-from canctr.data.synthetic import WorldConfig, generate, prepare_synthetic
-from canctr.data.taobao import prepare_taobao
+from canctr.data import BatchLoader, Schema
+from canctr.data.formats.movielens import USER_FEATURES, prepare_movielens
+from canctr.data.formats.synthetic import WorldConfig, generate, prepare_synthetic
+from canctr.data.formats.taobao import TAOBAO_WINDOW, prepare_taobao
+from canctr.data.lines import DataFormatError
+from canctr.data.samples import PrepareOptions
+from canctr.data.schema import SchemaError
+from canctr.data.summary import format_summary
 from canctr.demo import run_demo
+from canctr.metrics import auc
 from canctr.models import create_model
-from canctr.train.metrics import auc
 
 N_ML_USERS = 200
 N_TB_USERS = 200
@@ -85,40 +87,46 @@ def test_movielens_samples_match_raw_rows(ml_multi, ml_events, ml) -> None:
     profile = {r[0]: r[1:4] for r in (x.split("::") for x in ml["users"].read_text().splitlines())}
     genres = movies_genres(ml["movies"])
     user_ids = list(ml_events)  # group = order of first appearance
+    spec = schema.spec  # the side fields are categorical user fields, genres the item_cates sequence group
+    assert [f.name for f in spec.categorical] == ["user", "item", "cate", *USER_FEATURES]
+    assert all(spec.field(name).side == "user" and spec.field(name).table == name for name in USER_FEATURES)
+    bag = spec.field("item_cates")
+    assert (bag.kind, bag.side, bag.table, bag.group) == ("sequence", "item", "cate", "item_cates")
+    assert schema.max_len("item_cates") == max(len(g) for g in movies_genres(ml["movies"]).values())
     for a in splits.values():
-        hist = valid(a, "hist_item")
-        for g in np.unique(a["group"]):
-            rows = np.flatnonzero(a["group"] == g)
+        hist, bags = seqs(a, "hist_item"), seqs(a, "item_cates")
+        for g in np.unique(a.group):
+            rows = np.flatnonzero(a.group == g)
             uid = user_ids[g]
             ev = ml_events[uid]
             assert len(rows) == len(ev)  # all of the user's ratings, in time order (ties: file order)
-            assert a["label"][rows].tolist() == [float(r >= 4) for *_, r in ev]
-            assert a["item"][rows].tolist() == [items.get(m, 0) for _, _, m, _ in ev]
+            assert a.label[rows].tolist() == [float(r >= 4) for *_, r in ev]
+            assert a.ids["item"][rows].tolist() == [items.get(m, 0) for _, _, m, _ in ev]
             # history = every earlier rated movie, the most recent ML_WIDTH; the first rating has none
             assert [hist[r] for r in rows] == [
                 [items.get(m, 0) for _, _, m, _ in ev[:k][-ML_WIDTH:]] for k in range(len(ev))
             ]
-            assert (a["user_gender"][rows] == genders[profile[uid][0]]).all()
-            assert (a["user_occupation"][rows] == occupations[profile[uid][2]]).all()
+            assert (a.ids["user_gender"][rows] == genders[profile[uid][0]]).all()
+            assert (a.ids["user_occupation"][rows] == occupations[profile[uid][2]]).all()
             for r, (_, _, m, _) in zip(rows[:5], ev[:5], strict=True):  # every genre, first = cate
-                assert [x for x in a["item_cates"][r].tolist() if x] == [cates[x] for x in genres[m]]
-                assert a["cate"][r] == cates[genres[m][0]]
-    train_users = {user_ids[g] for g in np.unique(splits["train"]["group"])}  # vocabularies: train only
-    assert schema.feature_vocab == {
+                assert bags[r] == [cates.get(x, 0) for x in genres[m]]
+                assert a.ids["cate"][r] == cates.get(genres[m][0], 0)
+    train_users = {user_ids[g] for g in np.unique(splits["train"].group)}  # vocabularies: train only
+    assert {name: schema.vocab[name] for name in USER_FEATURES} == {
         name: 1 + len({profile[u][k] for u in train_users}) for k, name in enumerate(USER_FEATURES)
     }
     per_item = np.load(out / "vocab" / "item_cates.npy")
-    assert per_item.shape[0] == schema.n_item and (per_item[0] == 0).all()
+    assert per_item.shape[0] == schema.vocab["item"] and (per_item[0] == 0).all()
     tr = splits["train"]
-    assert (per_item[tr["item"], : tr["item_cates"].shape[1]] == tr["item_cates"]).all()
+    assert [[x for x in per_item[i].tolist() if x] for i in tr.ids["item"].tolist()] == seqs(tr, "item_cates")
     assert set(genders) == {"<pad/unk>", "M", "F"} and c["users_without_profile"] == 0
 
 
 def test_movielens_vocab_train_only_and_oov(ml_multi, ml_events) -> None:
     out, schema = ml_multi
-    splits = {s: load_split(out, s) for s in ("train", "test")}
+    splits = {s: load(out, s) for s in ("train", "test")}
     user_ids = list(ml_events)
-    train_users = {user_ids[g] for g in np.unique(splits["train"]["group"])}
+    train_users = {user_ids[g] for g in np.unique(splits["train"].group)}
     train_movies = {m for u in train_users for _, _, m, _ in ml_events[u]}
     items = vocab(out, "item")
     assert set(items) - {"<pad/unk>"} == train_movies  # train targets; histories are earlier targets
@@ -137,15 +145,17 @@ def test_movielens_positive_history_and_threshold(ml, ml_events, tmp_path: Path)
     )
     assert schema.options["history"] == "positive" and "users_without_profile" not in schema.counts
     items = vocab(tmp_path / "p", "item")
-    a = load_split(tmp_path / "p", "train")
-    assert not any(k.startswith("user_") or k == "item_cates" for k in a)  # nothing asked, nothing written
+    a = load(tmp_path / "p", "train")
+    written = {p.name for p in (tmp_path / "p").rglob("*")}
+    assert schema.spec.names == ["user", "item", "cate", "hist_item", "hist_cate"]  # nothing asked, nothing written
+    assert not any(n.startswith("user_") or n.startswith("item_cates") for n in written)
     user_ids = list(ml_events)
-    g = a["group"][0]
+    g = a.group[0]
     ev = ml_events[user_ids[g]]
-    rows = np.flatnonzero(a["group"] == g)
-    assert a["label"][rows].tolist() == [float(r == 5) for *_, r in ev]
+    rows = np.flatnonzero(a.group == g)
+    assert a.label[rows].tolist() == [float(r == 5) for *_, r in ev]
     liked = [[items.get(m, 0) for _, _, m, r in ev[:k] if r == 5][-10:] for k in range(len(ev))]
-    assert valid(a, "hist_item")[rows[0] : rows[-1] + 1] == liked
+    assert seqs(a, "hist_item")[rows[0] : rows[-1] + 1] == liked
 
 
 def test_movielens_bad_input(ml, tmp_path: Path) -> None:
@@ -191,16 +201,16 @@ def test_movielens_bad_input(ml, tmp_path: Path) -> None:
         prepare_movielens(ml["ratings"], ml["movies"], tmp_path / "o", PrepareOptions(), history="liked")
 
 
-def test_movielens_optional_arrays_reach_batches_and_models_ignore_them(ml_multi) -> None:
+def test_movielens_optional_fields_reach_batches_and_models_ignore_them(ml_multi) -> None:
     out, schema = ml_multi
-    loader = BatchLoader(load_split(out, "train"), batch_size=16, shuffle=False)
+    cols = load(out, "train")
+    loader = BatchLoader(cols, schema.spec, batch_size=16, shuffle=False)
     batch = next(iter(loader))
-    assert (
-        batch.user_gender.shape == (16,)
-        and batch.item_cates.shape[0] == 16
-        and batch.item_cates.dtype == torch.int64
-    )
-    assert set(batch.to("cpu").as_dict()) == set(batch.as_dict())
+    assert batch["user_gender"].shape == (16,) and batch["user_gender"].dtype == torch.int64
+    bags = batch["item_cates"]  # padded to the longest genre list of these 16 samples
+    assert bags.shape == (16, max(map(len, seqs(cols, "item_cates")[:16]))) and bags.dtype == torch.int64
+    assert bags[batch.mask("item_cates")].tolist() == sum(seqs(cols, "item_cates")[:16], [])
+    assert set(batch.to("cpu").sparse) == set(batch.sparse) == set(schema.spec.names)
     for name in ("dnn", "can-dnn", "din"):  # models built for the core fields still run
         assert create_model(name, schema)(batch).logits.shape == (16,)
 
@@ -258,21 +268,21 @@ def test_taobao_mimn(taobao: Path, tb_events, tmp_path: Path) -> None:
     assert schema.splits == {"train": int(0.7 * N_TB_USERS), "test": N_TB_USERS - int(0.7 * N_TB_USERS)}
     user_ids = list(tb_events)  # dict order = first appearance = user code
     items, cates = vocab(out, "item"), vocab(out, "cate")
-    last_time = {s: [tb_events[user_ids[g]][-1][0] for g in a["group"]] for s, a in splits.items()}
+    last_time = {s: [tb_events[user_ids[g]][-1][0] for g in a.group] for s, a in splits.items()}
     assert max(last_time["train"]) <= min(last_time["test"])  # split by last-touch time
     assert last_time["train"] == sorted(last_time["train"]) and c["split_time"] == min(last_time["test"])
     n_neg = 0
     for a in splits.values():
-        assert len(set(a["group"].tolist())) == len(a["group"])  # one sample per user
-        hist = valid(a, "hist_item")
-        for row, g in enumerate(a["group"]):
+        assert len(set(a.group.tolist())) == a.n  # one sample per user
+        hist = seqs(a, "hist_item")
+        for row, g in enumerate(a.group):
             ev = tb_events[user_ids[g]]
             last_item = items.get(ev[-1][2], 0)
-            if a["label"][row] == 1:
-                assert a["item"][row] == last_item and a["cate"][row] == cates.get(ev[-1][3], 0)
+            if a.label[row] == 1:
+                assert a.ids["item"][row] == last_item and a.ids["cate"][row] == cates.get(ev[-1][3], 0)
             else:
                 n_neg += 1
-                assert a["item"][row] != last_item or last_item == 0
+                assert a.ids["item"][row] != last_item or last_item == 0
             # every earlier behaviour of any type, no target appended
             assert hist[row] == [items.get(i, 0) for _, _, i, _, _ in ev[:-1][-200:]]
     assert 0.35 < n_neg / N_TB_USERS < 0.65
@@ -286,9 +296,9 @@ def test_taobao_mimn(taobao: Path, tb_events, tmp_path: Path) -> None:
         target_in_history=True,
         time_window=False,
     )
-    a = load_split(tmp_path / "q", "train")
-    assert (a["hist_item"][np.arange(len(a["item"])), a["hist_len"] - 1] == a["item"]).all()
-    assert a["hist_len"].max() == 50 and schema.counts["events"] == c["events"] + len(dirty)
+    a = load(tmp_path / "q", "train")
+    assert [h[-1] for h in seqs(a, "hist_item")] == a.ids["item"].tolist()
+    assert a.lengths("hist").max() == 50 and schema.counts["events"] == c["events"] + len(dirty)
     assert schema.counts["outside_time_window"]["action"] == "kept"
 
 
@@ -311,24 +321,24 @@ def test_taobao_all(taobao: Path, tb_events, tmp_path: Path) -> None:
     assert schema.counts["behaviors"]["pv"] == sum(e[4] == "pv" for ev in tb_events.values() for e in ev)
     items, user_ids = vocab(out, "item"), list(tb_events)
     a = splits["train"]
-    assert a["label"].tolist() == [0.0, 1.0] * (len(a["label"]) // 2)
-    hist = valid(a, "hist_item")
-    for g in np.unique(a["group"])[:20]:
+    assert a.label.tolist() == [0.0, 1.0] * (a.n // 2)
+    hist = seqs(a, "hist_item")
+    for g in np.unique(a.group)[:20]:
         ev = tb_events[user_ids[g]]
-        rows = np.flatnonzero((a["group"] == g) & (a["label"] == 1))
-        assert a["item"][rows].tolist() == [items.get(ev[k][2], 0) for k in targets[user_ids[g]]]
+        rows = np.flatnonzero((a.group == g) & (a.label == 1))
+        assert a.ids["item"][rows].tolist() == [items.get(ev[k][2], 0) for k in targets[user_ids[g]]]
         assert [hist[r] for r in rows] == [
             [items.get(e[2], 0) for e in ev[:k][-15:]] for k in targets[user_ids[g]]
         ]
 
     schema = prepare_taobao(taobao, tmp_path / "pv", PrepareOptions(max_len=30), protocol="all", history="pv")
-    a = load_split(tmp_path / "pv", "train")
-    g = a["group"][1]
+    a = load(tmp_path / "pv", "train")
+    g = a.group[1]
     ev = tb_events[user_ids[g]]
-    rows = np.flatnonzero((a["group"] == g) & (a["label"] == 1))
+    rows = np.flatnonzero((a.group == g) & (a.label == 1))
     pv_targets = [k for k, e in enumerate(ev) if e[4] == "pv" and any(x[4] == "pv" for x in ev[:k])]
-    items, hist = vocab(tmp_path / "pv", "item"), valid(a, "hist_item")
-    assert a["item"][rows].tolist() == [items.get(ev[k][2], 0) for k in pv_targets]
+    items, hist = vocab(tmp_path / "pv", "item"), seqs(a, "hist_item")
+    assert a.ids["item"][rows].tolist() == [items.get(ev[k][2], 0) for k in pv_targets]
     assert [hist[r] for r in rows] == [
         [items.get(e[2], 0) for e in ev[:k] if e[4] == "pv"][-30:] for k in pv_targets
     ]
@@ -367,12 +377,13 @@ def test_synthetic_deterministic_and_bayes_consistent(tmp_path: Path) -> None:
     assert files_bytes(tmp_path / "a") == files_bytes(tmp_path / "b")
     prepare_synthetic(tmp_path / "c", WorldConfig(users=600, items=60, cates=6, seed=6), opts)
     assert (
-        files_bytes(tmp_path / "c")["test/true_prob.npy"] != files_bytes(tmp_path / "a")["test/true_prob.npy"]
+        files_bytes(tmp_path / "c")["test/extra.true_prob.npy"]
+        != files_bytes(tmp_path / "a")["test/extra.true_prob.npy"]
     )
     splits = check_invariants(tmp_path / "a", schema)
     test = splits["test"]
     c = schema.counts
-    assert 0.5 < c["bayes_auc"] == pytest.approx(auc(test["label"], test["true_prob"]), abs=1e-6)
+    assert 0.5 < c["bayes_auc"] == pytest.approx(auc(test.label, test.extras["true_prob"]), abs=1e-6)
     assert (
         c["users"] == 600
         and schema.splits["train"] + schema.splits["test"] == 600 * SMALL_WORLD.targets_per_user
@@ -382,18 +393,18 @@ def test_synthetic_deterministic_and_bayes_consistent(tmp_path: Path) -> None:
     world, _ = generate(SMALL_WORLD)
     names = {i: int(raw[1:]) for raw, i in vocab(tmp_path / "a", "item").items() if raw != "<pad/unk>"}
     for a in splits.values():
-        assert (a["item"] > 0).all() and all(x > 0 for row in valid(a, "hist_item") for x in row)
-        target = np.array([names[i] for i in a["item"]])
-        hist = np.array([names[i] for row in valid(a, "hist_item") for i in row], dtype=np.int64)
-        prob = 1 / (1 + np.exp(-world.logit(target, hist, a["hist_len"].astype(np.int64))))
-        np.testing.assert_allclose(a["true_prob"], prob, rtol=1e-5)
-    # a schema.json written before feature_vocab existed still loads
-    old = json.loads((tmp_path / "a" / "schema.json").read_text())
-    del old["feature_vocab"]
-    assert Schema.from_dict(old).feature_vocab == {} and schema.feature_vocab == {}
+        assert (a.ids["item"] > 0).all() and (a.values["hist_item"] > 0).all()
+        target = np.array([names[i] for i in a.ids["item"]])
+        hist = np.array([names[i] for i in a.values["hist_item"]], dtype=np.int64)
+        prob = 1 / (1 + np.exp(-world.logit(target, hist, a.lengths("hist").astype(np.int64))))
+        np.testing.assert_allclose(a.extras["true_prob"], prob, rtol=1e-5)
+    # a schema.json of the padded format (version 1) is refused with what to do
+    old = json.loads((tmp_path / "a" / "schema.json").read_text()) | {"format_version": 1}
+    with pytest.raises(SchemaError, match="format_version 1 is not supported .*re-run `canctr prepare`"):
+        Schema.from_dict(old)
     # the loader never hands true_prob to a model
-    batch = next(iter(BatchLoader(test, batch_size=8, shuffle=False)))
-    assert "true_prob" not in batch.as_dict()
+    batch = next(iter(BatchLoader(test, schema.spec, batch_size=8, shuffle=False)))
+    assert "true_prob" not in batch.sparse and batch.dense is None
     with pytest.raises(ValueError, match="max_len 5 < hist_max"):
         prepare_synthetic(tmp_path / "d", SMALL_WORLD, PrepareOptions(max_len=5))
 
@@ -443,12 +454,12 @@ def test_cli_prepare_new_formats_and_demo(
         )
         == 0
     )
-    schema = load_split(tmp_path / "m", "train")
-    assert schema["hist_item"].shape[1] == 50  # MovieLens' own default width
+    schema = Schema.load(tmp_path / "m")
+    assert schema.max_len("hist") == 50 and schema.options["max_len"] == 50  # MovieLens' own default width
     assert run_cli(["prepare", "taobao", "--behaviors", str(taobao), "--out", str(tmp_path / "t")]) == 0
     printed = capsys.readouterr().out
     assert "protocol=mimn" in printed and f"{len(outside_window(taobao))} dropped" in printed
-    assert load_split(tmp_path / "t", "test")["label"].size == N_TB_USERS - int(0.7 * N_TB_USERS)  # 30 % test
+    assert load(tmp_path / "t", "test").n == N_TB_USERS - int(0.7 * N_TB_USERS)  # 30 % test
     assert (
         run_cli(
             [

@@ -7,12 +7,12 @@ import itertools
 
 import pytest
 import torch
-from test_models import LENGTHS, SCHEMA, make_batch
+from test_models import PROFILE, SCHEMA, SEQ_DENSE, make_batch
 
 from canctr.data.batch import Batch
+from canctr.data.schema import Schema
 from canctr.layers.interaction import CIN, LinearTerm, ffm_interaction, fm_interaction
 from canctr.models import create_model
-from canctr.models._common import FIELD_VOCAB
 from canctr.models.dnn import DNN, DNNConfig
 
 # ------------------------------------------------------------------------------------------------ layers
@@ -136,38 +136,42 @@ def test_linear_term_sums_weights_plus_bias():
 
 
 # ------------------------------------------------------------------------------------------------ models
-# References read the tables row by row with Python loops: field f of sample b is table[id] for a target
-# field and the sum (or mean) of table[id] over the sample's hist_len valid positions for a history one.
+# References read the tables row by row with Python loops: field f of sample b is table[id] for a categorical
+# field and the sum (or mean) of table[id] over the sample's valid positions for a sequence field.
 
-BATCH = make_batch(LENGTHS, seed=11)
+BATCH = make_batch(seed=11)
+CODE_FIELDS = ("item", "cate", "hist_item", "hist_cate")  # the official code's FM-family fields
 
 
-def ref_field(table: torch.Tensor, batch: Batch, field: str, pool: str = "sum") -> torch.Tensor:
+def ref_field(table: torch.Tensor, batch: Batch, field: str, pool: str = "sum",
+              schema: Schema = SCHEMA) -> torch.Tensor:
     """[B, W] from an [n, W] table, one sample at a time."""
-    ids = getattr(batch, field)
+    ids = batch[field]
     rows = []
     for b in range(batch.size):
         if ids.dim() == 1:
             rows.append(table[ids[b]])
             continue
-        n = int(batch.hist_len[b])
+        n = int(batch.lengths[schema.spec.group_of(field)][b])
         total = table[ids[b, :n]].sum(0) if n else torch.zeros(table.shape[1])
         rows.append(total / max(n, 1) if pool == "mean" else total)
     return torch.stack(rows)
 
 
-def ref_linear(linear, batch: Batch, fields: tuple[str, ...], pool: str = "sum") -> torch.Tensor:
+def ref_linear(linear, batch: Batch, fields: tuple[str, ...], pool: str = "sum",
+               schema: Schema = SCHEMA) -> torch.Tensor:
     """LR term from a LinearFeatures' tables: w_0 + sum_f w_f."""
     tables = linear.weights.tables
-    return linear.term.bias + sum(ref_field(tables[FIELD_VOCAB[f][0]].weight, batch, f, pool)[:, 0] for f in fields)
+    return linear.term.bias + sum(
+        ref_field(tables[schema.spec.field(f).table].weight, batch, f, pool, schema)[:, 0] for f in fields
+    )
 
 
-def shared_ref_fields(model, batch: Batch, pool: str = "sum", user: bool = False) -> torch.Tensor:
-    emb = model.embed
-    fields = [("item", emb.item), ("cate", emb.cate), ("hist_item", emb.item), ("hist_cate", emb.cate)]
-    if user:
-        fields.insert(0, ("user", emb.user))
-    return torch.stack([ref_field(t.weight, batch, f, pool) for f, t in fields], dim=1)
+def shared_ref_fields(model, batch: Batch, fields: tuple[str, ...] = CODE_FIELDS, pool: str = "sum",
+                      schema: Schema = SCHEMA) -> torch.Tensor:
+    tables = model.embed.tables
+    return torch.stack([ref_field(tables[schema.spec.field(f).table].weight, batch, f, pool, schema)
+                        for f in fields], dim=1)
 
 
 def dnn_twin(model) -> DNN:
@@ -178,32 +182,54 @@ def dnn_twin(model) -> DNN:
     return dnn.eval()
 
 
-def build(name: str, **config) -> torch.nn.Module:
+def build(name: str, schema: Schema = SCHEMA, **config) -> torch.nn.Module:
     torch.manual_seed(0)
-    return create_model(name, SCHEMA, config or None).eval()
+    return create_model(name, schema, config or None).eval()
 
 
 @torch.no_grad()
 @pytest.mark.parametrize("pool", ["mean", "sum"])
 def test_fm_is_lr_plus_pairwise_over_five_fields(pool):
     model = build("fm", hist_pool=pool)
-    fields = shared_ref_fields(model, BATCH, pool, user=True)
-    ref = ref_linear(model.linear, BATCH, ("user", "item", "cate", "hist_item", "hist_cate"), pool) + naive_fm(fields)
+    fields = ("user", "item", "cate", "hist_item", "hist_cate")
+    ref = ref_linear(model.linear, BATCH, fields, pool) + naive_fm(shared_ref_fields(model, BATCH, fields, pool))
     torch.testing.assert_close(model(BATCH).logits, ref)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("schema", [PROFILE, SEQ_DENSE], ids=["profile", "seq_dense"])
+def test_fm_takes_every_sparse_field_of_the_spec(schema):
+    model = build("fm", schema)
+    batch = make_batch(seed=11, schema=schema)
+    fields = tuple(f.name for f in schema.spec.sparse)  # as a set: FM is symmetric in its fields
+    assert set(model.fields) == set(fields)
+    ref = ref_linear(model.linear, batch, fields, "mean", schema)
+    ref = ref + naive_fm(shared_ref_fields(model, batch, fields, "mean", schema))
+    torch.testing.assert_close(model(batch).logits, ref)
+
+
+def ref_ffm(model, batch: Batch, order: tuple[str, ...], linear_fields: tuple[str, ...],
+            schema: Schema = SCHEMA) -> torch.Tensor:
+    tables = model.field_aware.tables
+    F = len(order)
+    v = torch.stack([ref_field(tables[schema.spec.field(f).table].weight, batch, f, schema=schema) for f in order], 1)
+    v = v.unflatten(-1, (F - 1, -1))  # [B, F, F-1, E]
+    pairs = sum(
+        (v[:, i, ffm_slot(i, j)] * v[:, j, ffm_slot(j, i)]).sum(-1) for i, j in itertools.combinations(range(F), 2)
+    )
+    return ref_linear(model.linear, batch, linear_fields, schema=schema) + pairs
 
 
 @torch.no_grad()
 def test_ffm_is_lr_plus_field_aware_pairs():
     model = build("ffm")
     order = ("item", "hist_item", "cate", "hist_cate")  # the code's field order
-    tables = model.field_aware.tables
-    v = torch.stack([ref_field(tables[f.removeprefix("hist_")].weight, BATCH, f) for f in order], 1)
-    v = v.unflatten(-1, (3, -1))  # [B, 4, 3, E]
-    pairs = sum(
-        (v[:, i, ffm_slot(i, j)] * v[:, j, ffm_slot(j, i)]).sum(-1) for i, j in itertools.combinations(range(4), 2)
-    )
-    ref = ref_linear(model.linear, BATCH, ("item", "cate", "hist_item", "hist_cate")) + pairs
-    torch.testing.assert_close(model(BATCH).logits, ref)
+    torch.testing.assert_close(model(BATCH).logits, ref_ffm(model, BATCH, order, CODE_FIELDS))
+    # without attention: every categorical field then every sequence field, in spec order
+    fields = tuple(f.name for f in PROFILE.spec.sparse)
+    model = build("ffm", PROFILE)
+    batch = make_batch(seed=11, schema=PROFILE)
+    torch.testing.assert_close(model(batch).logits, ref_ffm(model, batch, fields, fields, PROFILE))
 
 
 @torch.no_grad()
@@ -220,7 +246,7 @@ def test_deepfm_combines_dnn_fm_lr(combine):
     model = build("deepfm", combine=combine)
     dnn = dnn_twin(model)(BATCH).logits
     fm = naive_fm(shared_ref_fields(model, BATCH))  # FM on the DNN's own embeddings
-    lr = ref_linear(model.linear, BATCH, ("item", "cate", "hist_item", "hist_cate"))
+    lr = ref_linear(model.linear, BATCH, CODE_FIELDS)
     if combine == "dense":  # the code's Linear(3 -> 1) over [dnn, fm, lr]
         w, b = model.combine.weight[0], model.combine.bias
         ref = w[0] * dnn + w[1] * fm + w[2] * lr + b
@@ -234,10 +260,10 @@ def test_deepfm_combines_dnn_fm_lr(combine):
 @pytest.mark.parametrize("use_linear,pool", [(True, "mean"), (False, "mean"), (False, "sum")])
 def test_xdeepfm_is_dnn_plus_cin_logit(use_linear, pool):
     model = build("xdeepfm", use_linear=use_linear, hist_pool=pool)
-    cin = model.cin_out(naive_cin_fast(model.cin, shared_ref_fields(model, BATCH, pool))).squeeze(-1)
+    cin = model.cin_out(naive_cin_fast(model.cin, shared_ref_fields(model, BATCH, pool=pool))).squeeze(-1)
     ref = dnn_twin(model)(BATCH).logits + cin
     if use_linear:
-        ref = ref + ref_linear(model.linear, BATCH, ("item", "cate", "hist_item", "hist_cate"))
+        ref = ref + ref_linear(model.linear, BATCH, CODE_FIELDS)
     else:
         assert not any(k.startswith("linear.") for k in model.state_dict())  # the code drops the LR term
     torch.testing.assert_close(model(BATCH).logits, ref)
@@ -249,7 +275,11 @@ def test_xdeepfm_is_dnn_plus_cin_logit(use_linear, pool):
 def test_wide_deep_is_linear_over_ids_and_crosses_plus_dnn(wide_cross):
     model = build("wide-deep", wide_cross=wide_cross)
     fields = ("user", "item", "cate", "hist_item", "hist_cate")
-    fields += ("hist_item_pair", "hist_cate_pair") if wide_cross else ()
-    assert ("item_pair" in model.wide.weights.tables) == wide_cross
     ref = dnn_twin(model)(BATCH).logits + ref_linear(model.wide, BATCH, fields)
+    assert (model.crosses is not None) == wide_cross
+    if wide_cross:  # one scalar weight per (target, history element) pair id, summed over the valid positions
+        lengths = BATCH.lengths["hist"]
+        for pair in model.crosses.pairs:
+            w, ids = pair.table.weight[:, 0], pair.ids(BATCH)
+            ref = ref + torch.stack([w[ids[b, : lengths[b]]].sum() for b in range(BATCH.size)])
     torch.testing.assert_close(model(BATCH).logits, ref)

@@ -1,4 +1,5 @@
-"""Layer tests: hand-computed co-action, a naive-loop reference, masking and padding properties."""
+"""Layer tests: hand-computed co-action, the fast unit against its reference forward, masking and padding
+properties."""
 
 from __future__ import annotations
 
@@ -39,7 +40,10 @@ def _hand_unit(**options) -> CoAction:
 
 
 def _run_hand(unit: CoAction) -> list[float]:
-    out = unit(torch.tensor(HAND_INDUCTION), torch.tensor(HAND_FEED), torch.tensor(HAND_MASK))
+    """The fast forward's output, checked equal to the reference forward's."""
+    args = torch.tensor(HAND_INDUCTION), torch.tensor(HAND_FEED), torch.tensor(HAND_MASK)
+    out = unit(*args)
+    torch.testing.assert_close(out, unit.reference_forward(*args))
     return out[0].tolist()
 
 
@@ -77,76 +81,38 @@ def test_coaction_hand_computed_bias_and_order_independence():
     unit = _hand_unit(activation="none", bias=True, orders=1, layer_outputs="last")
     ind = torch.tensor([[1.0, 0.0, 2.0, -1.0, 1.0, -1.0, 1.0, 3.0, 10.0]])
     out = unit(ind, torch.tensor(HAND_FEED), torch.tensor(HAND_MASK))
+    torch.testing.assert_close(out, unit.reference_forward(ind, torch.tensor(HAND_FEED), torch.tensor(HAND_MASK)))
     # x1: [5+1, -2-1] = [6, -3] -> 6 - 9 + 10 = 7;  x2: [-0.5, 0] -> -0.5 + 10 = 9.5
     assert out[0].tolist() == pytest.approx([16.5])
     # order independence: order 2 uses the second block, here the first block scaled by 2 (all linear)
     unit = _hand_unit(activation="none", order_independent=True)
     assert unit.induction_dim == 12
     block = torch.tensor(HAND_INDUCTION)
-    out = unit(torch.cat([block, 2 * block], dim=1), torch.tensor(HAND_FEED), torch.tensor(HAND_MASK))
+    args = torch.cat([block, 2 * block], dim=1), torch.tensor(HAND_FEED), torch.tensor(HAND_MASK)
+    out = unit(*args)
+    torch.testing.assert_close(out, unit.reference_forward(*args))
     # layer 1 is linear in W1 (x2), layer 2 in W1 and W2 (x4)
     assert out[0].tolist() == pytest.approx([3.5, -1.0, 0.5, 22.5, -10.0, -15.0])
 
 
-def _naive_coaction(cfg: CoActionConfig, induction, feed, mask) -> torch.Tensor:
-    """Reference: explicit loops over samples, orders, positions and layers, one vector at a time.
-
-    induction [B, P] (one micro-MLP per sample) or [B, L, P] (one per position); feed [B, L, D] or [B, 1, D]
-    (the same vector at every position)."""
-    B, L = mask.shape
-    rows = []
-    for b in range(B):
-        per_order = []
-        for c in range(1, cfg.orders + 1):
-            block_size = sum(i * o + (o if cfg.bias else 0) for i, o in cfg.layers)
-            start = block_size * (c - 1) if cfg.order_independent else 0
-            total = None
-            for t in range(L):
-                if not mask[b, t]:
-                    continue
-                h = [float(v) ** c for v in feed[b, t if feed.shape[1] == L else 0]]
-                params = induction[b, t] if induction.dim() == 3 else induction[b]
-                idx = start
-                outs = []
-                for k, (n_in, n_out) in enumerate(cfg.layers):
-                    w = [[float(params[idx + j * n_out + m]) for m in range(n_out)] for j in range(n_in)]
-                    idx += n_in * n_out
-                    h = [sum(h[j] * w[j][m] for j in range(n_in)) for m in range(n_out)]
-                    if cfg.bias:
-                        h = [h[m] + float(params[idx + m]) for m in range(n_out)]
-                        idx += n_out
-                    if cfg.activation == "tanh" and (k < len(cfg.layers) - 1 or cfg.activate_last):
-                        h = [math.tanh(v) for v in h]
-                    outs.append(h)
-                flat = [v for o in (outs if cfg.layer_outputs == "concat" else outs[-1:]) for v in o]
-                total = flat if total is None else [a + v for a, v in zip(total, flat, strict=True)]
-            if total is None:  # no valid position
-                width = sum(o for _, o in cfg.layers) if cfg.layer_outputs == "concat" else cfg.layers[-1][1]
-                total = [0.0] * width
-            per_order.append(total)
-        if cfg.order_combine == "concat":
-            rows.append([v for o in per_order for v in o])
-        else:
-            rows.append([sum(vals) for vals in zip(*per_order, strict=True)])
-    return torch.tensor(rows)
+# (induction positions, feed positions): the code's target -> history, the swapped history -> target, both
+# per position, and two single-valued features (L = 1: the paper's profile pairs); 0 means one vector per
+# sample given as [B, P]
+LAYOUTS = {"target": (0, 5), "swapped": (5, 1), "per_position": (5, 5), "single": (0, 1)}
 
 
-# (induction positions, feed positions): the code's target -> history, the swapped history -> target, and
-# both per position; 0 means one vector per sample given as [B, P]
-LAYOUTS = {"target": (0, 5), "swapped": (5, 1), "per_position": (5, 5)}
-
-
-@pytest.mark.parametrize("layout", ["target", "swapped", "per_position"])
+@pytest.mark.parametrize("layout", ["target", "swapped", "per_position", "single"])
 @pytest.mark.parametrize(
     "activation,bias,activate_last,order_combine,order_independent,layer_outputs",
     list(itertools.product(["tanh", "none"], [False, True], [False, True], ["concat", "sum"], [False, True],
                            ["concat", "last"])),
 )
-def test_coaction_matches_naive_loops(
+def test_coaction_fast_path_equals_the_reference(
     activation, bias, activate_last, order_combine, order_independent, layer_outputs, layout
 ):
-    # with one micro-MLP per sample the unit pools before its linear tail (after layer 1 with tanh, on the
-    # input powers with no activation, after the last layer with activate_last): all against the per-position loop
+    # with one micro-MLP per sample the fast path pools before its linear tail (after layer 1 with tanh, on the
+    # input powers with no activation, after the last layer with activate_last) and stacks orders and positions
+    # into one bmm; the reference runs the paper's equations per position. Outputs and gradients, float64.
     cfg = CoActionConfig(
         layers=((4, 3), (3, 2)),
         activation=activation,
@@ -159,15 +125,20 @@ def test_coaction_matches_naive_loops(
     )
     unit = CoAction(cfg)
     g = torch.Generator().manual_seed(0)
-    B, L = 3, 5
+    B, L = 3, (1 if layout == "single" else 5)
     ind_positions, feed_positions = LAYOUTS[layout]
     ind_shape = (B, ind_positions, unit.induction_dim) if ind_positions else (B, unit.induction_dim)
-    induction = torch.randn(*ind_shape, generator=g, dtype=torch.float64)
-    feed = torch.randn(B, feed_positions, unit.feed_dim, generator=g, dtype=torch.float64)
-    mask = lengths_to_mask(torch.tensor([5, 2, 0]), L)
-    out = unit(induction, feed, mask)
-    assert out.shape == (B, unit.out_dim)
-    torch.testing.assert_close(out, _naive_coaction(cfg, induction, feed, mask).to(out.dtype))
+    induction = torch.randn(*ind_shape, generator=g, dtype=torch.float64, requires_grad=True)
+    feed = torch.randn(B, feed_positions, unit.feed_dim, generator=g, dtype=torch.float64, requires_grad=True)
+    mask = lengths_to_mask(torch.tensor([5, 2, 0]).clamp(max=L), L)
+    out, ref = unit(induction, feed, mask), unit.reference_forward(induction, feed, mask)
+    assert out.shape == ref.shape == (B, unit.out_dim)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    w = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    grads = torch.autograd.grad((out * w).sum(), (induction, feed))
+    ref_grads = torch.autograd.grad((ref * w).sum(), (induction, feed))
+    for got, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
 
 
 def test_coaction_swapped_fm_special_case():
@@ -489,3 +460,20 @@ def test_cross_network_by_hand_and_low_rank():
         full.layers[0].weight.copy_(up.weight @ down.weight)
         full.layers[0].bias.copy_(up.bias)
     torch.testing.assert_close(low(x0), full(x0))
+
+
+# ------------------------------------------------------------------------------------------- docs/api.md
+
+
+def test_api_doc_example_runs():
+    """The ```python blocks of docs/api.md (the co-action unit inside a user's own module) run as written."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert blocks, "docs/api.md has no python example"
+    namespace: dict = {}
+    for code in blocks:
+        exec(compile(code, "docs/api.md", "exec"), namespace)  # noqa: S102
+    assert namespace["logits"].shape == (4,)

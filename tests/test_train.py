@@ -11,6 +11,7 @@ from synth import make_prepared
 
 from canctr.cli import main
 from canctr.data.batch import BatchLoader, load_split
+from canctr.models.base import negative_groups
 from canctr.train import loop
 from canctr.train.checkpoint import load_model
 from canctr.train.loop import TrainConfig, TrainingDiverged, evaluate_run, fit
@@ -46,47 +47,57 @@ def test_auc_and_gauc_match_brute_force():
     assert logloss(np.array([1, 0]), np.array([0.5, 0.5])) == pytest.approx(np.log(2))
 
 
+def _cols(data_dir, split="train"):
+    from canctr.data.schema import Schema
+
+    spec = Schema.load(data_dir).spec
+    return load_split(data_dir, split, spec), spec
+
+
 def test_loader_order_is_function_of_seed_epoch_and_shards_cover(data_dir):
-    arrays = load_split(data_dir, "train")
-    a = BatchLoader(arrays, batch_size=64, shuffle=True, seed=7)
-    b = BatchLoader(arrays, batch_size=64, shuffle=True, seed=7)
+    cols, spec = _cols(data_dir)
+    a = BatchLoader(cols, spec, batch_size=64, shuffle=True, seed=7)
+    b = BatchLoader(cols, spec, batch_size=64, shuffle=True, seed=7)
     assert torch.equal(a.order(3), b.order(3))
     assert not torch.equal(a.order(0), a.order(1))
-    shards = [BatchLoader(arrays, batch_size=64, shuffle=True, seed=7, rank=r, world_size=2).order(0) for r in (0, 1)]
+    shards = [BatchLoader(cols, spec, batch_size=64, shuffle=True, seed=7, rank=r, world_size=2).order(0)
+              for r in (0, 1)]
     both = torch.cat(shards)
     assert len(set(both.tolist())) == len(both) == a.n  # disjoint, and 512 divides evenly
 
 
 def test_length_bucketing_is_a_permutation_of_similar_length_batches(data_dir):
-    arrays = load_split(data_dir, "train")
-    plain = BatchLoader(arrays, batch_size=16, shuffle=True, seed=5)
-    bucketed = BatchLoader(arrays, batch_size=16, shuffle=True, seed=5, bucket=8)
+    cols, spec = _cols(data_dir)
+    plain = BatchLoader(cols, spec, batch_size=16, shuffle=True, seed=5)
+    bucketed = BatchLoader(cols, spec, batch_size=16, shuffle=True, seed=5, bucket=8)
     order = bucketed.order(2)
     assert sorted(order.tolist()) == list(range(bucketed.n))
     assert torch.equal(order, bucketed.order(2))  # still a function of (seed, epoch)
-    lens = torch.from_numpy(arrays["hist_len"]).long()
+    lens = torch.from_numpy(cols.lengths("hist")).long()
 
     def mean_spread(loader):  # mean (max - min) history length inside a batch
         return sum(float(lens[b].max() - lens[b].min()) for b in loader.order(2).split(16)) / len(loader)
 
     assert mean_spread(bucketed) < 0.5 * mean_spread(plain)
-    widths = [b.hist_item.shape[1] for b in bucketed.iter_epoch(2)]
-    assert sum(widths) < sum(b.hist_item.shape[1] for b in plain.iter_epoch(2))
+    widths = [b["hist_item"].shape[1] for b in bucketed.iter_epoch(2)]
+    assert sum(widths) < sum(b["hist_item"].shape[1] for b in plain.iter_epoch(2))
 
 
 def test_loader_trims_width_and_keeps_most_recent(data_dir):
-    arrays = load_split(data_dir, "train")
-    loader = BatchLoader(arrays, batch_size=32, shuffle=False, max_len=4)
+    cols, spec = _cols(data_dir)
+    loader = BatchLoader(cols, spec, batch_size=32, shuffle=False, max_len=4)
     batch = next(iter(loader))
     n = 32
-    full_len = arrays["hist_len"][:n]
-    assert batch.hist_item.shape[1] == min(4, int(full_len.max()))
+    full_len = cols.lengths("hist")[:n]
+    hist = batch["hist_item"]
+    assert hist.shape[1] == min(4, int(full_len.max()))
     for i in range(n):
         k = min(int(full_len[i]), 4)
-        want = arrays["hist_item"][i, int(full_len[i]) - k : int(full_len[i])]
-        assert batch.hist_item[i, :k].tolist() == want.tolist()
-        assert int(batch.hist_len[i]) == k
-        assert (batch.hist_item[i, k:] == 0).all()
+        end = int(cols.offsets["hist"][i + 1])
+        want = cols.values["hist_item"][end - k : end]
+        assert hist[i, :k].tolist() == want.tolist()
+        assert int(batch.lengths["hist"][i]) == k
+        assert (hist[i, k:] == 0).all()
 
 
 def _cfg(data_dir, out, **kw):
@@ -186,13 +197,13 @@ def test_checkpoint_round_trip_gives_identical_predictions(name, data_dir, tmp_p
     torch.manual_seed(0)
     cfg = make_config(name)
     model = create_model(name, schema, make_config(name, {"mlp": [16, 8]}) if hasattr(cfg, "mlp") else cfg)
-    loader = BatchLoader(load_split(data_dir, "train"), batch_size=64, shuffle=True, seed=1)
+    loader = BatchLoader(*_cols(data_dir), batch_size=64, shuffle=True, seed=1, negatives=negative_groups(model))
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for batch in list(loader.iter_epoch(0))[:3]:  # move weights and Dice/BN running stats off their init
         loop.train_step(model, batch, opt)
     save_checkpoint(tmp_path / "ckpt", model, schema)
     loaded, loaded_schema = load_model(tmp_path / "ckpt")
     assert loaded_schema == schema and loaded.config == model.config
-    test = BatchLoader(load_split(data_dir, "test"), batch_size=100, shuffle=False)
+    test = BatchLoader(*_cols(data_dir, "test"), batch_size=100, shuffle=False)
     a, b = predict(model, test)["prob"], predict(loaded, test)["prob"]
     assert np.array_equal(a, b)

@@ -1,6 +1,6 @@
 """`canctr demo`: CAN's claim, end to end, in one command and without any data files.
 
-It prepares the synthetic co-action world (`canctr.data.synthetic`: clicks from a hidden, known
+It prepares the synthetic co-action world (`canctr.data.formats.synthetic`: clicks from a hidden, known
 (target, history item) interaction table, so the Bayes-optimal AUC is known), trains DNN, DIN, CAN-DNN
 and CAN-DIN (those of them registered) with the library's own `fit`, and prints one table: AUC, GAUC,
 logloss, the gap to the Bayes AUC, parameters, training samples/s and wall seconds per model. A model
@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from canctr.data.batch import load_split
-from canctr.data.pipeline import PrepareOptions
-from canctr.data.synthetic import WorldConfig, prepare_synthetic
+from canctr.data.samples import PrepareOptions
+from canctr.data.formats.synthetic import WorldConfig, prepare_synthetic
 from canctr.train.metrics import ctr_metrics
 
 DEMO_MODELS = ("dnn", "din", "can-dnn", "can-din")

@@ -1,4 +1,18 @@
-"""Data: raw public formats -> pre-encoded arrays + schema.json (prepare), and typed batches (load).
+"""Data: raw public formats -> the ragged store + schema.json (prepare), and keyed batches (load).
+
+    spec.py, schema.py   what a prepared dataset is (feature spec; schema.json)
+    store.py             the on-disk layout (ragged columns), written by SplitWriter, read by read_split
+    batch.py             Batch and BatchLoader (torch)
+    formats/             one module per raw input format: reader(s) + defaults + prepare_<format>
+    lines.py             raw line reading, DataFormatError and the bad-row policy shared by the readers
+    chunks.py            block-parallel reading of big line files
+    samples.py           timelines, targets, histories, the user split, sampled negative targets
+    vocab.py             Interner (id strings -> codes) and Vocab (train-fitted codes -> indices)
+    encode.py            encode + write: vocabularies, store, pair keys, schema.json
+    summary.py           the lines `canctr prepare` prints
+    random_data.py       random data of any spec (benchmarks)
+    cli_prepare.py       the `canctr prepare` subcommands
+    pipeline.py, readers.py, synthetic.py   re-exports of names that moved, for older imports
 
 The names below load on first use, so that `canctr prepare` (numpy only) never imports torch.
 """
@@ -9,7 +23,8 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "Batch": "batch", "BatchLoader": "batch", "load_split": "batch", "ARRAY_SPECS": "schema", "Schema": "schema"
+    "Batch": "batch", "BatchLoader": "batch", "load_split": "batch", "FeatureSpec": "spec", "Schema": "schema",
+    "read_split": "store",
 }
 __all__ = sorted(_EXPORTS)
 

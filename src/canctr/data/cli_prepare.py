@@ -12,18 +12,16 @@ import sys
 import time
 from collections.abc import Callable
 
-from canctr.data.movielens import DEFAULT_MAX_LEN as MOVIELENS_MAX_LEN
-from canctr.data.movielens import prepare_movielens
-from canctr.data.pipeline import (
-    PrepareOptions,
-    format_summary,
-    prepare_amazon,
-    prepare_dien,
-    prepare_sequences,
-)
+from canctr.data.formats.amazon import prepare_amazon
+from canctr.data.formats.dien import prepare_dien
+from canctr.data.formats.movielens import DEFAULT_MAX_LEN as MOVIELENS_MAX_LEN
+from canctr.data.formats.movielens import prepare_movielens
+from canctr.data.formats.sequences import prepare_sequences
+from canctr.data.formats.synthetic import WorldConfig, prepare_synthetic
+from canctr.data.formats.taobao import PROTOCOL_DEFAULTS, prepare_taobao
+from canctr.data.samples import PrepareOptions
 from canctr.data.schema import Schema
-from canctr.data.synthetic import WorldConfig, prepare_synthetic
-from canctr.data.taobao import PROTOCOL_DEFAULTS, prepare_taobao
+from canctr.data.summary import format_summary
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -150,6 +148,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=_leaf(_synthetic))
 
+    _register_table(formats)
+
 
 def _taobao(a: argparse.Namespace) -> Schema:
     defaults = PROTOCOL_DEFAULTS[a.protocol]  # max_len / test_fraction unless given
@@ -219,3 +219,42 @@ def _leaf(run: Callable[[argparse.Namespace], Schema]) -> Callable[[argparse.Nam
         return 0
 
     return func
+
+
+# -------------------------------------------------------------------------------------------- prepare table
+
+
+def _register_table(formats: argparse._SubParsersAction) -> None:
+    """`canctr prepare table`: any Parquet / CSV / JSON-lines table under a feature spec (canctr.data.table)."""
+    p = formats.add_parser(
+        "table",
+        help="Parquet / CSV / JSON-lines table(s) + a feature spec (TOML / JSON)",
+        description="Encode the rows of one or more Parquet, CSV / TSV or JSON-lines files (optionally .gz) "
+        "under a feature spec: vocabularies and normalisation fitted on the training split, train/test "
+        "split as the spec's [split] says. See docs/data.md and examples/specs/clicks.toml.",
+    )
+    p.add_argument("--spec", required=True, help="feature spec file (.toml or .json)")
+    p.add_argument("--input", required=True, nargs="+", metavar="PATH_OR_GLOB",
+                   help="input files or quoted globs ('data/part-*.parquet'); all must share one schema")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--list-sep", default="|",
+                   help="separator of sequence values given as text, e.g. CSV '12|7|9' (default '|')")
+    p.add_argument("--skip-bad-rows", action="store_true",
+                   help="skip and count malformed rows (null label, text in a dense column, ...) instead of failing")
+    p.add_argument("--batch-rows", type=int, default=None, help="rows per record batch (default 131072)")
+    p.set_defaults(func=_table)
+
+
+def _table(args: argparse.Namespace) -> int:
+    from canctr.data.table import BATCH_ROWS, format_table_summary, prepare_table  # pyarrow: only when used
+
+    start = time.perf_counter()
+    try:
+        schema = prepare_table(args.spec, args.input, args.out, list_sep=args.list_sep,
+                               skip_bad_rows=args.skip_bad_rows, batch_rows=args.batch_rows or BATCH_ROWS)
+    except (FileNotFoundError, ValueError) as e:  # SpecError and TableError are ValueErrors
+        print(f"canctr prepare table: error: {e}", file=sys.stderr)
+        return 2
+    print(format_table_summary(schema, time.perf_counter() - start))
+    print(f"  wrote {args.out}")
+    return 0

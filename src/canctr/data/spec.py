@@ -243,7 +243,9 @@ class FeatureSpec:
                     if name not in names:
                         raise SpecError(f"{key}[{i}].{role}: {name!r} is not a field (fields: {sorted(names)})")
                     if self.field(name).kind == "dense":
-                        raise SpecError(f"{key}[{i}].{role}: {name!r} is dense; pairs take categorical or sequence fields")
+                        raise SpecError(
+                            f"{key}[{i}].{role}: {name!r} is dense; pairs take categorical or sequence fields"
+                        )
                 if self.field(p.induction).kind == "sequence" and self.field(p.feed).kind == "sequence":
                     raise SpecError(f"{key}[{i}]: at most one side of a pair may be a sequence ({p.name})")
             if len({p.name for p in pairs}) != len(pairs):
@@ -299,7 +301,8 @@ class FeatureSpec:
 
                 data = tomllib.loads(text.decode("utf-8"))
         except (ValueError, UnicodeDecodeError) as e:  # tomllib.TOMLDecodeError and JSONDecodeError
-            raise SpecError(f"{path}: not a valid {'JSON' if path.suffix.lower() == '.json' else 'TOML'} file ({e})") from e
+            kind = "JSON" if path.suffix.lower() == ".json" else "TOML"
+            raise SpecError(f"{path}: not a valid {kind} file ({e})") from e
         if not isinstance(data, dict):
             raise SpecError(f"{path}: the spec must be a table / object at the top level")
         try:

@@ -209,7 +209,9 @@ def load_pair_keys(data_dir: str | os.PathLike, pair: str) -> np.ndarray:
 # -------------------------------------------------------------------------------------------- reading
 
 
-def _load(path: Path, dtype: np.dtype, ndim: int, *, mmap: bool, rows: int | None = None) -> np.ndarray:
+def _load(path: Path, dtype: np.dtype | None, ndim: int | None, *, mmap: bool, rows: int | None = None
+          ) -> np.ndarray:
+    """One .npy file, checked (dtype / ndim / rows where given); any problem is a StoreError naming it."""
     if not path.exists():
         raise StoreError(f"{path}: missing; was `canctr prepare` run to completion?")
     try:
@@ -218,10 +220,10 @@ def _load(path: Path, dtype: np.dtype, ndim: int, *, mmap: bool, rows: int | Non
     except (ValueError, OSError, EOFError, SyntaxError) as e:
         size = path.stat().st_size
         raise StoreError(f"{path}: corrupt or truncated .npy file ({size} bytes; {e})") from None
-    if arr.dtype != np.dtype(dtype) or arr.ndim != ndim:
+    if (dtype is not None and arr.dtype != np.dtype(dtype)) or (ndim is not None and arr.ndim != ndim):
         raise StoreError(f"{path}: expected {np.dtype(dtype)} with {ndim} dims, got {arr.dtype} {arr.shape}")
-    if rows is not None and arr.shape[0] != rows:
-        raise StoreError(f"{path}: {arr.shape[0]} rows, expected {rows}")
+    if rows is not None and (arr.ndim == 0 or arr.shape[0] != rows):
+        raise StoreError(f"{path}: {arr.shape[0] if arr.ndim else 'no'} rows, expected {rows}")
     return arr
 
 
@@ -244,20 +246,17 @@ def read_split(data_dir: str | os.PathLike, split: str, spec: FeatureSpec, *, mm
         if n and (off[0] != 0 or np.any(np.diff(off) < 0)):
             raise StoreError(f"{path}: offsets must start at 0 and never decrease")
         offsets[g.name] = off
+        total = int(off[-1]) if off.size else 0
         for f in spec.group_fields(g.name):
-            values[f.name] = _load(d / f"{f.name}.npy", np.int32, 1, mmap=mmap, rows=int(off[-1]))
+            vpath = d / f"{f.name}.npy"
+            values[f.name] = _load(vpath, np.int32, 1, mmap=mmap)
+            if values[f.name].shape[0] != total:
+                raise StoreError(f"{vpath}: {values[f.name].shape[0]} values, but {path.name} ends at {total} "
+                                 "(offsets and values disagree)")
     extras = {}
     for path in sorted(d.glob("extra.*.npy")):
-        name = path.name[len("extra."):-len(".npy")]
-        arr = np.load(path, mmap_mode="c" if mmap else None, allow_pickle=False)
-        extras[name] = _checked_rows(arr, n, path)
+        extras[path.name[len("extra."):-len(".npy")]] = _load(path, None, None, mmap=mmap, rows=n)
     return Columns(label=label, group=group, ids=ids, offsets=offsets, values=values, dense=dense, extras=extras)
-
-
-def _checked_rows(arr: np.ndarray, n: int, path: Path) -> np.ndarray:
-    if arr.shape[0] != n:
-        raise StoreError(f"{path}: {arr.shape[0]} rows, expected {n}")
-    return arr
 
 
 __all__ = ["Columns", "SplitWriter", "StoreError", "read_split", "write_split", "save_pair_keys",

@@ -1,4 +1,5 @@
-"""The CAN co-action unit (Bian et al., WSDM 2022, arXiv 2011.05625, eqs. 5-11).
+"""The CAN co-action unit (Bian et al., "CAN: Feature Co-Action Network for Click-Through Rate
+Prediction", WSDM 2022, arXiv 2011.05625, section 4.2, eqs. 5-11).
 
 Notation: B batch, L history length, D feed dim (input of the micro-MLP), C orders,
 P induction dim (length of one target id's induction vector), S per-order output width.
@@ -7,6 +8,9 @@ For one (induction, feed) feature pair the target id's induction vector is cut i
 optionally biases) of a tiny per-sample MLP; every history element's feed vector, raised element-wise to
 the powers 1..C, runs through it, and the per-element outputs are summed over the valid positions. The
 unit also runs the swapped direction (a micro-MLP per history element, the target's vector fed).
+
+`CoAction.reference_forward` is the paper's equations read literally (a loop over orders and layers,
+one matmul per position); `CoAction.forward` computes the same thing faster (tests hold them equal).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from torch import Tensor, nn
 @dataclass
 class CoActionConfig:
     """Defaults follow the official code (`script/model.py` "CAN config"); the paper's choices are noted,
-    with its Table 5 ablations (CAN-DNN, Amazon Books AUC; can-paper.md 5.4) where it ran one.
+    with its Table 5 ablations (CAN-DNN, Amazon Books AUC, WSDM 2022 Table 5) where it ran one.
 
     layers: (in, out) per micro-MLP layer; code and WSDM: 16->8, 8->4. Ablation of the depth (16/8, 8/4,
         4/4): 1 layer 0.7889, 2 layers 0.7935, 3 layers 0.7913; the paper: deeper suits larger features.
@@ -63,12 +67,21 @@ class CoAction(nn.Module):
     """H(P_induction, P_feed) applied per history position, masked-sum pooled. Parameter-free: the
     micro-MLP's weights are the induction vector, so gradients flow into the caller's induction/feed tables.
 
-    Shapes: induction [B, P] or [B, L, P]; feed [B, L, D] or [B, 1, D]; mask [B, L] bool -> [B, out_dim].
-    The usual direction (paper, code) is induction [B, P] from the TARGET id (one micro-MLP per sample)
-    and feed [B, L, D] from the HISTORY ids. With the sides swapped (paper 2.2: "the roles could be
-    swapped") every history position brings its own micro-MLP, induction [B, L, P], and the target's feed
-    [B, 1, D] runs through each of them. A size-1 L broadcasts; at least one side must span the mask's L
-    (an empty width L = 0 gives zeros).
+    Args:
+        config: the micro-MLP's layers, biases, activation, orders and output layout (CoActionConfig;
+            default: the official code's 16->8->4, tanh, orders 1..3 concatenated, P = 160, D = 16).
+
+    Properties: `induction_dim` P (the induction vector's length), `feed_dim` D (the feed vector's length,
+    the first layer's input), `out_dim` (the pooled output's width; 36 by default).
+
+    forward(induction, feed, mask) -> [B, out_dim]:
+        induction: [B, P] (one micro-MLP per sample) or [B, L, P] (one per position);
+        feed: [B, L, D] (one input per position) or [B, 1, D] (one input for every position);
+        mask: [B, L] bool, True at valid positions (for two single-valued features use L = 1, all True).
+    The usual direction (paper, code) is induction [B, P] from the TARGET id and feed [B, L, D] from the
+    HISTORY ids. With the sides swapped (section 4.2: "the roles could be swapped") every history position
+    brings its own micro-MLP, induction [B, L, P], and the target's feed [B, 1, D] runs through each of
+    them. A size-1 L broadcasts; at least one side must span the mask's L (an empty width L = 0 gives zeros).
     """
 
     def __init__(self, config: CoActionConfig | None = None) -> None:
@@ -94,6 +107,33 @@ class CoAction(nn.Module):
         cfg = self.config
         per_order = sum(o for _, o in cfg.layers) if cfg.layer_outputs == "concat" else cfg.layers[-1][1]
         return per_order * (cfg.orders if cfg.order_combine == "concat" else 1)
+
+    def reference_forward(self, induction: Tensor, feed: Tensor, mask: Tensor) -> Tensor:
+        """The paper's equations, literally: same arguments and result as `forward`, slower."""
+        cfg, B, L = self.config, *mask.shape
+        ind = (induction if induction.dim() == 3 else induction.unsqueeze(1)).expand(B, L, -1)  # [B, L, P]
+        x = feed.expand(B, L, -1)  # P_feed of every position, [B, L, D]
+        per_order = []
+        for c in range(1, cfg.orders + 1):
+            start = (c - 1) * self.block_dim if cfg.order_independent else 0  # order independence (4.4)
+            params = ind[..., start : start + self.block_dim]  # eqs. 5-6: P_induction = ||_i (w_i || b_i)
+            h, outputs, offset = x**c, [], 0  # eq. 11: the c-th element-wise power of the feed
+            for i, (n_in, n_out) in enumerate(cfg.layers):
+                w = params[..., offset : offset + n_in * n_out].reshape(B, L, n_in, n_out)  # row-major
+                offset += n_in * n_out
+                h = (h.unsqueeze(-2) @ w).squeeze(-2)  # eq. 7: w_{i-1} (x) h_{i-1}
+                if cfg.bias:
+                    h = h + params[..., offset : offset + n_out]  # + b_{i-1}
+                    offset += n_out
+                if cfg.activation == "tanh" and (i < len(cfg.layers) - 1 or cfg.activate_last):
+                    h = torch.tanh(h)  # sigma
+                outputs.append(h)
+            y = torch.cat(outputs, dim=-1) if cfg.layer_outputs == "concat" else h  # eq. 9: ||_i h_i
+            # eq. 10: sum pooling over the valid behaviours, after the unit (the text and the code; eq. 10 as
+            # typeset sums the feed vectors inside H)
+            per_order.append(y.masked_fill(~mask.unsqueeze(-1), 0.0).sum(dim=1))
+        stacked = torch.stack(per_order, dim=1)  # [B, C, S]
+        return stacked.flatten(1) if cfg.order_combine == "concat" else stacked.sum(dim=1)  # eq. 11
 
     def forward(self, induction: Tensor, feed: Tensor, mask: Tensor) -> Tensor:
         cfg = self.config

@@ -1,32 +1,33 @@
 """DIN: Deep Interest Network (Zhou et al., "Deep Interest Network for Click-Through Rate Prediction",
 KDD 2018), in the form of the DIEN/CAN code's `Model_DIN`.
 
-x = [e_uid, item_eb, sum hist, item_eb * sum hist, attention-pooled hist] -> MLP with Dice, where
-item_eb = e_item || e_cate (36) is the attention query and the history's (item || cate) embeddings are
-the keys; the activation unit is MLP([q, k, q - k, q * k]) -> 80 -> 40 -> 1 with sigmoid units.
+x = [DNN input, target * sum keys, attention-pooled keys] -> MLP with Dice, where the target (the spec's
+attention query fields, concatenated) queries the behaviour keys (the spec's attention keys, concatenated
+per position); the activation unit is MLP([q, k, q - k, q * k]) -> 80 -> 40 -> 1 with sigmoid units. In
+the public layout the target is e_item || e_cate (36) and x is 18 + 4 x 36 = 162 wide.
 
 Follows the official code in: the inputs, the sigmoid activation unit, Dice in the head, and
 softmax-normalised scores (`attention_softmax=True`; the DIN paper uses raw scores: set it False).
-Deviations: history sums are masked (see dnn.py), and Dice uses running statistics in eval mode (see
+Deviations: sequence sums are masked (see dnn.py), and Dice uses running statistics in eval mode (see
 layers/mlp.py), so outputs never depend on padding or batch-mates at evaluation.
 
-`cross_features` is the extension point CAN-DIN uses.
+Needs the spec's `attention`. `blocks` append features to the MLP input (CAN-DIN, models/composed.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
 from torch import nn
 
 from canctr.data.batch import Batch
 from canctr.data.schema import Schema
 from canctr.layers.attention import TargetAttention
-from canctr.models._common import BackboneConfig, BehaviourEmbeddings, head
-from canctr.models.base import ModelOutput
-from canctr.models.registry import register_model
+from canctr.models.base import BackboneConfig, ModelOutput, head
+from canctr.models.features import FeatureEmbeddings, Roles
+from canctr.models.registry import FeatureBlock, register_model
 
 
 @dataclass
@@ -39,26 +40,20 @@ class DINConfig(BackboneConfig):
     "din",
     config=DINConfig,
     paper="Deep Interest Network for Click-Through Rate Prediction (Zhou et al., KDD 2018)",
-    description="target attention over the history (DIEN/CAN code's Model_DIN) -> MLP with Dice",
+    description="target attention over the behaviour sequence (DIEN/CAN code's Model_DIN) -> MLP with Dice",
 )
 class DIN(nn.Module):
-    def __init__(self, schema: Schema, config: DINConfig) -> None:
+    def __init__(self, schema: Schema, config: DINConfig, blocks: Sequence[FeatureBlock] = ()) -> None:
         super().__init__()
-        self.embed = BehaviourEmbeddings(schema, config.embed_dim, config.init)
-        d = self.embed.item_dim
+        Roles.of(schema.spec).require_attention("DIN")
+        self.embed = FeatureEmbeddings(schema, config.embed_dim, config.init)
+        d = self.embed.key_dim  # = target_dim: query and key fields pair up, all E wide
         self.attention = TargetAttention(d, softmax=config.attention_softmax)
-        self.cross = nn.ModuleList(self.cross_features(schema, config))
-        base_dim = self.embed.user_dim + 4 * d  # 18 + 4 * 36 = 162
-        self.mlp = head(config, base_dim + sum(f.out_dim for f in self.cross))
-
-    def cross_features(self, schema: Schema, config: DINConfig) -> list[nn.Module]:
-        """Modules batch -> [B, out_dim] appended to the MLP input; none for the plain DIN."""
-        return []
+        self.blocks = nn.ModuleList(b.build(schema, config, self.embed) for b in blocks)
+        self.mlp = head(config, self.embed.input_dim + 2 * d + sum(b.out_dim for b in self.blocks))
 
     def forward(self, batch: Batch) -> ModelOutput:
         e = self.embed(batch)
-        _, interest = self.attention(e.target, e.hist, e.mask)  # [B, 2E]
-        x = torch.cat(
-            [e.user, e.target, e.hist_sum, e.target * e.hist_sum, interest, *(f(batch) for f in self.cross)], dim=-1
-        )
+        _, interest = self.attention(e.target, e.keys, e.mask)  # [B, K*E]
+        x = e.inputs(extra=[e.target * e.key_sum, interest, *(b(batch) for b in self.blocks)])
         return ModelOutput(logits=self.mlp(x).squeeze(-1))

@@ -1,9 +1,10 @@
 """PNN: Product-based Neural Network (Qu et al., "Product-based Neural Networks for User Response
-Prediction", ICDM 2016), in the form of the official CAN code's `Model_PNN` (can-paper.md section 7).
+Prediction", ICDM 2016), in the form of the official CAN code's `Model_PNN`.
 
-    fields = [item, cate, mean hist item, mean hist cate]            4 x 18, the DNN's own embeddings
-    p      = 6 inner products <f_i, f_j> || 6 kernel products f_i^T W_ij f_j     over the pairs i < j
-    x      = [e_uid, item_eb, sum hist, p] (90 + 12) -> BN(inference) -> 200 -> 80 -> 1, PReLU
+    fields = the FM family's field view (Roles.view), sequences mean-pooled, the DNN's own embeddings;
+             in the public layout [item, cate, mean hist item, mean hist cate], 4 x 18
+    p      = inner products <f_i, f_j> || kernel products f_i^T W_ij f_j over the pairs i < j (6 + 6)
+    x      = [DNN input, p] (90 + 12 in the public layout) -> BN(inference) -> 200 -> 80 -> 1, PReLU
 
 Follows the code: the four fields and their shared (DNN) embeddings, the kernel W [18, 6, 18] (its
 `pnn_var`, glorot), the products concatenated to the DNN input, the head. `product` picks the paper's
@@ -23,14 +24,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from canctr.data.batch import Batch
 from canctr.data.schema import Schema
 from canctr.layers.product import Product, ProductLayer
-from canctr.models._common import CODE_FIELDS, BackboneConfig, BehaviourEmbeddings, embedded_fields, head
-from canctr.models.base import ModelOutput
+from canctr.models.base import BackboneConfig, ModelOutput, head
+from canctr.models.features import FeatureEmbeddings
 from canctr.models.registry import register_model
 
 
@@ -43,18 +43,17 @@ class PNNConfig(BackboneConfig):
     "pnn",
     config=PNNConfig,
     paper="Product-based Neural Networks for User Response Prediction (Qu et al., ICDM 2016)",
-    description="DNN input + inner and kernel products of [item, cate, mean hist item, mean hist cate]",
+    description="DNN input + inner and kernel products of the field view (target fields, mean-pooled keys)",
 )
 class PNN(nn.Module):
     def __init__(self, schema: Schema, config: PNNConfig) -> None:
         super().__init__()
-        self.embed = BehaviourEmbeddings(schema, config.embed_dim, config.init)
-        self.product = ProductLayer(len(CODE_FIELDS), config.embed_dim, product=config.product)
-        base_dim = self.embed.user_dim + 2 * self.embed.item_dim  # 90
-        self.mlp = head(config, base_dim + self.product.out_dim)  # + 12
+        self.embed = FeatureEmbeddings(schema, config.embed_dim, config.init)
+        self.fields = self.embed.roles.view
+        self.product = ProductLayer(len(self.fields), config.embed_dim, product=config.product)
+        self.mlp = head(config, self.embed.input_dim + self.product.out_dim)
 
     def forward(self, batch: Batch) -> ModelOutput:
         e = self.embed(batch)
-        products = self.product(embedded_fields(e, pool="mean"))  # [B, 12] from fields [B, 4, E]
-        x = torch.cat([e.user, e.target, e.hist_sum, products], dim=-1)
-        return ModelOutput(logits=self.mlp(x).squeeze(-1))
+        products = self.product(e.view(self.fields, pool="mean"))  # fields [B, F, E] -> [B, pairs (x 2)]
+        return ModelOutput(logits=self.mlp(e.inputs(extra=[products])).squeeze(-1))

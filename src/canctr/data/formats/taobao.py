@@ -1,7 +1,9 @@
-"""`canctr prepare taobao`: Tianchi UserBehavior (`user,item,category,behavior,timestamp`) -> the encoded
-format of `schema.py`, by one of two protocols.
+"""Tianchi UserBehavior (`canctr prepare taobao`): reader and pipeline, by one of two protocols.
 
-`mimn` (default): can-paper.md §3.3, CAN's Taobao setting as inferred from MIMN's `taobao_prepare.py`:
+    UserBehavior.csv[.gz]  `user,item,category,behavior,timestamp`, no header; behavior in pv, buy, cart, fav
+
+`mimn` (default): CAN's Taobao setting (Bian et al., WSDM 2022, which follows MIMN's data), as inferred
+from MIMN's `taobao_prepare.py`:
     * one sample per user; target = the user's last behaviour (any type). With probability 0.5 it is
       replaced by an item drawn uniformly from the catalogue (never the last item itself), label 0;
       otherwise label 1;
@@ -15,9 +17,9 @@ format of `schema.py`, by one of two protocols.
       last history position *is* the target and a model can read the label off "is the last history item
       equal to the target". We do NOT append it by default (the history is the earlier behaviours only);
       `target_in_history=True` reproduces MIMN (earlier behaviours capped at max_len - 1, then the target);
-    * auxiliary negatives (DIEN's loss) are uniform random catalogue items (with their categories), each
-      different from its history position's item (MIMN also avoids the user's other history items; we do
-      not, which matters only for the rare collisions).
+    * auxiliary negatives (DIEN's loss) are drawn by the loader (`batch.BatchLoader(negatives=...)`) from
+      the split's history positions (by popularity), as for every format; MIMN draws them uniformly from
+      the catalogue and avoids the user's own history items.
 `all`: DIN-style, so that a small subset still gives enough samples: every pv (click) with at least one
     earlier history behaviour is a positive, paired with one popularity-drawn negative item (DIEN's
     sampling, as `prepare amazon --targets all`); history = the earlier behaviours (`history="all"`,
@@ -33,29 +35,100 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from array import array
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from canctr.data import readers
-from canctr.data.pipeline import (
+from canctr.data.encode import Names, dataset_name, describe_source, encode_and_save, prepare_events
+from canctr.data.lines import DataFormatError, RowError, Rows, int64_codes, int_token
+from canctr.data.samples import (
     HistoryIndex,
-    Names,
+    Interactions,
     PrepareOptions,
     RawSplit,
     Timeline,
-    _dataset_name,
-    _item_categories,
-    _prepare_events,
-    _rngs,
-    _with_target,
-    describe_source,
-    encode_and_save,
     event_counts,
+    item_categories,
+    rngs,
     sample_excluding,
+    with_target,
 )
-from canctr.data.readers import TAOBAO_BEHAVIORS, TAOBAO_WINDOW, Interactions
 from canctr.data.schema import Schema
+from canctr.data.vocab import Interner
+
+TAOBAO_BEHAVIORS = ("pv", "buy", "cart", "fav")  # behavior codes 0..3; pv = click (Tianchi's description)
+# [2017-11-25 00:00, 2017-12-04 00:00) China Standard Time (UTC+8): the dataset's documented 9 days
+TAOBAO_WINDOW = (1_511_539_200, 1_512_316_800)
+
+
+@dataclass
+class TaobaoLog:
+    """UserBehavior rows kept by `read_taobao`: the events (with behaviour codes) and item categories."""
+
+    log: Interactions
+    cate_of: dict[int, str]  # item code -> category id of its first row
+    category_conflicts: int  # rows whose category differs from their item's first one
+    outside_window: int  # rows outside the time window (dropped, or kept when no window was given)
+    outside_range: tuple[int, int] | None  # (min, max) timestamp of those rows
+
+
+def read_taobao(
+    path: str | os.PathLike, *, time_window: tuple[int, int] | None, skip_bad_rows: bool = False
+) -> TaobaoLog:
+    """Tianchi `UserBehavior.csv[.gz]`. Rows with a timestamp outside [start, end) of `time_window` are
+    dropped before interning and counted (never silently); with `time_window=None` they are kept and
+    still counted against the official window `TAOBAO_WINDOW`."""
+    window = time_window or TAOBAO_WINDOW
+    users, items = Interner(), Interner()
+    u, i, t, b = array("q"), array("q"), array("q"), array("b")
+    cate_of: dict[int, str] = {}
+    conflicts, outside, lo, hi = 0, 0, None, None
+    behavior_code = {name: k for k, name in enumerate(TAOBAO_BEHAVIORS)}
+    skipped: dict[str, int] = {}
+    rows = Rows(path, skip_bad_rows, skipped)
+    for lineno, text in rows.lines():
+        f = text.split(",")
+        try:
+            if len(f) != 5:
+                raise RowError(
+                    f"expected 5 comma-separated fields (user,item,category,behavior,timestamp), got {len(f)}"
+                )
+            if lineno == 1 and not f[0].isdigit():
+                raise RowError(
+                    f"user id {f[0]!r} is not an integer (a header line? UserBehavior.csv has none)"
+                )
+            for tok, what in zip(f[:3], ("user id", "item id", "category id"), strict=True):
+                int_token(tok, what)
+            code = behavior_code.get(f[3])
+            if code is None:
+                raise RowError(f"behavior {f[3]!r} is not one of {', '.join(TAOBAO_BEHAVIORS)}")
+            ts = int_token(f[4], "timestamp")
+        except RowError as e:
+            rows.bad(lineno, str(e))
+            continue
+        rows.good += 1
+        if not window[0] <= ts < window[1]:
+            outside += 1
+            lo, hi = min(ts, lo if lo is not None else ts), max(ts, hi if hi is not None else ts)
+            if time_window is not None:
+                continue
+        item = items(f[1])
+        known = cate_of.setdefault(item, f[2])
+        conflicts += known != f[2]
+        u.append(users(f[0]))
+        i.append(item)
+        t.append(ts)
+        b.append(code)
+    rows.finish()
+    if not len(u):
+        raise DataFormatError(path, f"no rows inside the time window {window} ({outside} outside)")
+    log = Interactions(
+        int64_codes(u), int64_codes(i), int64_codes(t), users, items, skipped, behavior=np.frombuffer(b, np.int8).copy()
+    )
+    return TaobaoLog(log, cate_of, conflicts, outside, None if lo is None else (lo, hi))
+
 
 PROTOCOL_DEFAULTS = {
     "mimn": {"max_len": 200, "test_fraction": 0.3},
@@ -83,7 +156,7 @@ def prepare_taobao(
         raise ValueError(f"protocol must be 'mimn' or 'all', got {protocol!r}")
     if history not in ("all", "pv"):
         raise ValueError(f"history must be 'all' or 'pv', got {history!r}")
-    tb = readers.read_taobao(
+    tb = read_taobao(
         behaviors, time_window=TAOBAO_WINDOW if time_window else None, skip_bad_rows=opts.skip_bad_rows
     )
     log = tb.log
@@ -106,7 +179,7 @@ def prepare_taobao(
     }
     if protocol == "all":
         pv = log.behavior == TAOBAO_BEHAVIORS.index("pv")
-        return _prepare_events(
+        return prepare_events(
             out,
             log,
             tb.cate_of,
@@ -119,15 +192,13 @@ def prepare_taobao(
             counts=counts,
         )
 
-    item_cate, cates, no_cate = _item_categories(log.items, tb.cate_of)
+    item_cate, cates, no_cate = item_categories(log.items, tb.cate_of)
     splits, stats = mimn_samples(log, item_cate, opts, target_in_history=target_in_history, truncate=truncate)
     return encode_and_save(
         out,
         splits,
         Names(log.users.names, log.items.names, cates.names),
-        item_cate,
-        np.arange(len(log.items)),  # uniform auxiliary negatives
-        dataset=_dataset_name("taobao", behaviors),
+        dataset=dataset_name("taobao", behaviors),
         protocol="mimn",
         opts=opts,
         sources=[describe_source(behaviors)],
@@ -140,7 +211,7 @@ def mimn_samples(
     log: Interactions, item_cate: np.ndarray, opts: PrepareOptions, *, target_in_history: bool, truncate: bool
 ) -> tuple[dict[str, RawSplit], dict[str, Any]]:
     """MIMN's one-sample-per-user recipe (module docstring). U users; arrays in last-touch order."""
-    _, rng_neg, _ = _rngs(opts.seed)
+    _, rng_neg, _ = rngs(opts.seed)
     tl = Timeline.of(log)
     last = tl.last()  # [U] sorted position of each user's last behaviour, in user-code order
     negative = rng_neg.random(last.size) < 0.5
@@ -158,7 +229,7 @@ def mimn_samples(
         rows, target = last[sel], item[sel]
         if target_in_history:  # MIMN: hist[-maxlen:] of (earlier behaviours + target)
             n_hist, flat = hist.take(rows, opts.width(split) - 1)
-            hist_item = _with_target(target, tl.item[flat], n_hist, at_end=True)
+            hist_item = with_target(target, tl.item[flat], n_hist, at_end=True)
             hist_len = n_hist + 1
         else:
             hist_len, flat = hist.take(rows, opts.width(split))
@@ -178,3 +249,7 @@ def mimn_samples(
     if truncate:
         stats["truncated_users"] = dropped
     return splits, stats
+
+
+__all__ = ["PROTOCOL_DEFAULTS", "TAOBAO_BEHAVIORS", "TAOBAO_WINDOW", "TaobaoLog", "mimn_samples", "prepare_taobao",
+           "read_taobao"]
