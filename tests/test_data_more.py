@@ -487,3 +487,41 @@ def test_cli_prepare_new_formats_and_demo(
     assert main(["demo", "--users", "300", "--items", "40", "--models", "dnn", "--epochs", "1"]) == 0
     out = capsys.readouterr().out
     assert "| bayes (true_prob) |" in out and "| dnn |" in out
+
+
+def test_exclude_test_pairs_drops_exactly_the_test_combinations():
+    """The generalisation protocol: a train history position goes iff its (target, history item) pair occurs
+    in the test set; everything else, and every sample, stays."""
+    from canctr.data.encode import exclude_test_pairs
+    from canctr.data.samples import RawSplit
+
+    rng = np.random.default_rng(0)
+
+    def split(n: int) -> RawSplit:
+        hist_len = rng.integers(0, 6, n)
+        h = rng.integers(0, 12, int(hist_len.sum()))
+        item = rng.integers(0, 12, n)
+        return RawSplit(label=rng.integers(0, 2, n).astype(np.int8), group=np.arange(n), user=np.arange(n),
+                        item=item, cate=item % 3, hist_len=hist_len, hist_item=h, hist_cate=h % 3)
+
+    train, test = split(200), split(40)
+    starts = np.cumsum(test.hist_len) - test.hist_len
+    test_pairs = {(int(test.item[i]), int(test.hist_item[starts[i] + k]))
+                  for i in range(test.label.size) for k in range(int(test.hist_len[i]))}
+    out, removed = exclude_test_pairs(train, test, 12)
+    want_hist, want_len, dropped = [], [], 0
+    s = 0
+    for i in range(train.label.size):
+        kept = []
+        for k in range(int(train.hist_len[i])):
+            h = int(train.hist_item[s + k])
+            if (int(train.item[i]), h) in test_pairs:
+                dropped += 1
+            else:
+                kept.append(h)
+        s += int(train.hist_len[i])
+        want_hist += kept
+        want_len.append(len(kept))
+    assert removed == dropped > 0
+    assert out.hist_item.tolist() == want_hist and out.hist_len.tolist() == want_len
+    assert np.array_equal(out.hist_cate, out.hist_item % 3) and np.array_equal(out.label, train.label)

@@ -76,6 +76,33 @@ def cartesian_keys(target: np.ndarray, hist: np.ndarray, hist_len: np.ndarray, n
     return np.where((tgt >= 0) & (hist >= 0), tgt * n + hist, PAD)
 
 
+def exclude_test_pairs(train: RawSplit, test: RawSplit, n_item: int) -> tuple[RawSplit, int]:
+    """The paper's generalisation test (arXiv v1; WSDM 2022 keeps only its claim, section 3.2): every
+    (target item, history item) combination that occurs in the test set is removed from training, so the
+    test scores combinations no model has seen together. Here the training history positions holding such
+    a combination are dropped (with their categories); samples stay, so the training set keeps its size
+    and label balance. Returns the new train split and the number of positions removed."""
+    test_keys = distinct_sorted(_valid(cartesian_keys(test.item, test.hist_item, test.hist_len, n_item)))
+    keys = cartesian_keys(train.item, train.hist_item, train.hist_len, n_item)
+    if test_keys.size:
+        drop = (keys >= 0) & (test_keys[np.searchsorted(test_keys, keys).clip(max=test_keys.size - 1)] == keys)
+    else:
+        drop = np.zeros(keys.size, bool)
+    owner = np.repeat(np.arange(train.label.size), train.hist_len)
+    keep = ~drop
+    out = dataclasses.replace(
+        train,
+        hist_len=np.bincount(owner[keep], minlength=train.label.size).astype(train.hist_len.dtype),
+        hist_item=train.hist_item[keep],
+        hist_cate=train.hist_cate[keep],
+    )
+    return out, int(drop.sum())
+
+
+def _valid(keys: np.ndarray) -> np.ndarray:
+    return keys[keys >= 0]
+
+
 def encode_and_save(
     out: str | os.PathLike,
     splits: dict[str, RawSplit],
@@ -100,6 +127,10 @@ def encode_and_save(
             hint = "; raise --test-fraction or use more users" if split == "test" else ""
             raise ValueError(f"no {split} samples were produced (users: {counts.get('users')}){hint}")
     side = side or SideInfo()
+    if opts.exclude_test_pairs:
+        splits = dict(splits)
+        splits["train"], removed = exclude_test_pairs(splits["train"], splits["test"], len(names.item))
+        counts = {**counts, "excluded_test_pair_positions": removed}
     tr = splits["train"]
     cate_seen = with_target(tr.cate, tr.hist_cate, tr.hist_len)
     if side.item_cates is not None:  # every category of the train targets counts too (after the first)

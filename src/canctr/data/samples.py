@@ -44,6 +44,9 @@ class PrepareOptions:
     test_fraction: float = 0.1  # per-user probability of the test split
     seed: int = 3
     skip_bad_rows: bool = False
+    # the generalisation test of the paper's arXiv v1: drop from the training histories every position whose
+    # (target item, history item) combination occurs in the test set (see encode.exclude_test_pairs)
+    exclude_test_pairs: bool = False
 
     def __post_init__(self) -> None:
         if self.protocol not in ("last", "all"):
