@@ -152,7 +152,9 @@ class BatchLoader:
                 raise ValueError(f"negatives: {g!r} is not a sequence group of the spec")
         self.negatives = tuple(negatives)
         # per-sample lengths on the CPU (batch widths and bucketing without device syncs)
-        self._len_cpu = {g: self._capped(torch.from_numpy(np.diff(np.asarray(cols.offsets[g])))) for g in self._groups}
+        # int32: 4 bytes a sample (the order is the other per-sample array; both O(N), the data is not in RAM)
+        self._len_cpu = {g: self._capped(torch.from_numpy(np.diff(np.asarray(cols.offsets[g])).astype(np.int32)))
+                         for g in self._groups}
         self._bucket_group = spec.attention_group or (spec.sequences[0].name if spec.sequences else None)
 
     def _capped(self, lengths: Tensor) -> Tensor:

@@ -297,7 +297,10 @@ class FeatureSpec:
             if path.suffix.lower() == ".json":
                 data = json.loads(text)
             else:
-                import tomllib
+                try:
+                    import tomllib
+                except ModuleNotFoundError:  # Python 3.10: the same parser, packaged as tomli
+                    import tomli as tomllib
 
                 data = tomllib.loads(text.decode("utf-8"))
         except (ValueError, UnicodeDecodeError) as e:  # tomllib.TOMLDecodeError and JSONDecodeError
