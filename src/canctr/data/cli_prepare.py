@@ -193,6 +193,9 @@ def _add_common(
     p.add_argument("--test-fraction", type=float, default=test_fraction, help="fraction of users in test")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--skip-bad-rows", action="store_true", help="skip and count malformed lines")
+    p.add_argument("--exclude-test-pairs", action="store_true",
+                   help="generalisation test: remove from the training histories every (target item, history item) "
+                        "combination that occurs in the test set")
 
 
 def _options(a: argparse.Namespace) -> PrepareOptions:
@@ -203,6 +206,7 @@ def _options(a: argparse.Namespace) -> PrepareOptions:
         test_fraction=a.test_fraction,
         seed=a.seed,
         skip_bad_rows=a.skip_bad_rows,
+        exclude_test_pairs=a.exclude_test_pairs,
     )
 
 
@@ -241,7 +245,7 @@ def _register_table(formats: argparse._SubParsersAction) -> None:
                    help="separator of sequence values given as text, e.g. CSV '12|7|9' (default '|')")
     p.add_argument("--skip-bad-rows", action="store_true",
                    help="skip and count malformed rows (null label, text in a dense column, ...) instead of failing")
-    p.add_argument("--batch-rows", type=int, default=None, help="rows per record batch (default 131072)")
+    p.add_argument("--batch-rows", type=int, default=None, help="rows per record batch (default 262144)")
     p.set_defaults(func=_table)
 
 
