@@ -241,6 +241,8 @@ def _register_table(formats: argparse._SubParsersAction) -> None:
     p.add_argument("--input", required=True, nargs="+", metavar="PATH_OR_GLOB",
                    help="input files or quoted globs ('data/part-*.parquet'); all must share one schema")
     p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--format", default=None, choices=("parquet", "csv", "tsv", "json"),
+                   help="input format when the file names do not say it (default: from the suffix)")
     p.add_argument("--list-sep", default="|",
                    help="separator of sequence values given as text, e.g. CSV '12|7|9' (default '|')")
     p.add_argument("--skip-bad-rows", action="store_true",
@@ -255,7 +257,8 @@ def _table(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
         schema = prepare_table(args.spec, args.input, args.out, list_sep=args.list_sep,
-                               skip_bad_rows=args.skip_bad_rows, batch_rows=args.batch_rows or BATCH_ROWS)
+                               skip_bad_rows=args.skip_bad_rows, batch_rows=args.batch_rows or BATCH_ROWS,
+                               input_format=args.format)
     except (FileNotFoundError, ValueError) as e:  # SpecError and TableError are ValueErrors
         print(f"canctr prepare table: error: {e}", file=sys.stderr)
         return 2

@@ -155,8 +155,16 @@ def stable_hash(strings: pa.Array, seed: int = 0) -> np.ndarray:
 # -------------------------------------------------------------------------------------------- inputs
 
 
-def input_format(path: str | os.PathLike) -> str:
-    """parquet | csv | tsv | json, from the file name (a compression suffix is looked through)."""
+INPUT_FORMATS = ("parquet", "csv", "tsv", "json")
+
+
+def input_format(path: str | os.PathLike, override: str | None = None) -> str:
+    """parquet | csv | tsv | json, from the file name (a compression suffix is looked through), unless
+    `override` names it (files whose names say nothing, e.g. Avazu's CSV as `train` or `*.txt`)."""
+    if override is not None:
+        if override not in INPUT_FORMATS:
+            raise TableError(path, f"--format {override!r} is not one of {', '.join(INPUT_FORMATS)}")
+        return override
     name = Path(path).name.lower()
     compressed = name.endswith(_COMPRESSION)
     if compressed:
@@ -164,7 +172,7 @@ def input_format(path: str | os.PathLike) -> str:
     fmt = _FORMATS.get(Path(name).suffix)
     if fmt is None or (fmt == "parquet" and compressed):
         raise TableError(path, "unknown input format; expected .parquet, .csv, .tsv or .jsonl / .ndjson / .json "
-                               "(text formats optionally .gz / .bz2)")
+                               "(text formats optionally .gz / .bz2), or name it with --format")
     return fmt
 
 
@@ -213,8 +221,8 @@ def _kind(t: pa.DataType) -> str:
 class _Source:
     """One input file: its column types and its record batches (pyarrow errors become TableError)."""
 
-    def __init__(self, path: Path, *, skip_bad_rows: bool, batch_rows: int) -> None:
-        self.path, self.format = path, input_format(path)
+    def __init__(self, path: Path, *, skip_bad_rows: bool, batch_rows: int, fmt: str | None = None) -> None:
+        self.path, self.format = path, input_format(path, fmt)
         self.skip_bad_rows, self.batch_rows = skip_bad_rows, batch_rows
         self.unparsed = 0  # CSV lines pyarrow could not split into the header's fields (skipped)
         self._types: dict[str, pa.DataType] | None = None
@@ -915,14 +923,14 @@ def _value(batch: pa.RecordBatch, column: str, row: int) -> Any:
 
 class _TablePrepare:
     def __init__(self, spec: FeatureSpec, paths: list[Path], out: Path, *, list_sep: str, skip_bad_rows: bool,
-                 batch_rows: int) -> None:
+                 batch_rows: int, fmt: str | None = None) -> None:
         if not list_sep:
             raise SpecError("--list-sep: must not be empty")
         if spec.split.by == "user" and not spec.group:
             raise SpecError("split.by = 'user' needs the top-level `group` column (whose values are the users)")
         self.spec, self.out = spec, out
         self.list_sep, self.skip = list_sep, skip_bad_rows
-        self.sources = [_Source(p, skip_bad_rows=skip_bad_rows, batch_rows=batch_rows) for p in paths]
+        self.sources = [_Source(p, skip_bad_rows=skip_bad_rows, batch_rows=batch_rows, fmt=fmt) for p in paths]
         self.dense = spec.dense
         self.rows_read = 0
         self.rows_by_file: dict[str, int] = {}
@@ -1633,10 +1641,12 @@ def prepare_table(
     list_sep: str = "|",
     skip_bad_rows: bool = False,
     batch_rows: int = BATCH_ROWS,
+    input_format: str | None = None,
 ) -> Schema:
     """Encode the rows of `inputs` (paths or globs of Parquet / CSV / TSV / JSON-lines files) under `spec`
-    into `out` (train/, test/, vocab/, schema.json). Raises SpecError or TableError naming the spec key or
-    the file, row and column."""
+    into `out` (train/, test/, vocab/, schema.json). `input_format` (parquet | csv | tsv | json) overrides
+    the format read from the file names. Raises SpecError or TableError naming the spec key or the file,
+    row and column."""
     if not isinstance(spec, FeatureSpec):
         spec = FeatureSpec.load(spec)
     if batch_rows < 1:
@@ -1645,7 +1655,7 @@ def prepare_table(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     return _TablePrepare(spec, paths, out, list_sep=list_sep, skip_bad_rows=skip_bad_rows,
-                         batch_rows=batch_rows).run()
+                         batch_rows=batch_rows, fmt=input_format).run()
 
 
 def format_table_summary(schema: Schema, seconds: float | None = None) -> str:
