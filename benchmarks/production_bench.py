@@ -142,7 +142,8 @@ def main() -> int:
              f"Command: `{meta['command']}`  ", f"Date: {meta['date']}; machine: {meta['machine']}; "
              f"{meta['threads']} threads", "",
              f"Measured float32 matmul peak (torch.mm 2048 x 2048): **{peak:.1f} GFLOP/s**.", "",
-             "| model | batch | train samples/s | step ms | inference samples/s | co-action unit share of step | params |",
+             "| model | batch | train samples/s | step ms | inference samples/s | co-action unit share of step "
+             "| params |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         share = f"{100 * r['unit_share']:.0f} %" if "unit_share" in r else ""

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from canctr.data.batch import load_split
-from canctr.data.samples import PrepareOptions
 from canctr.data.formats.synthetic import WorldConfig, prepare_synthetic
+from canctr.data.samples import PrepareOptions
 from canctr.train.metrics import ctr_metrics
 
 DEMO_MODELS = ("dnn", "din", "can-dnn", "can-din")
