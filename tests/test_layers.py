@@ -477,3 +477,23 @@ def test_api_doc_example_runs():
     for code in blocks:
         exec(compile(code, "docs/api.md", "exec"), namespace)  # noqa: S102
     assert namespace["logits"].shape == (4,)
+
+
+@pytest.mark.parametrize("shape", [(7, 5), (3, 4, 5)])
+def test_prelu_kernel_equals_its_reference(shape):
+    """The fused kernel path of PReLU (channels last, any rank) against max(0, x) + alpha * min(0, x):
+    outputs and gradients (x has no exact zeros, where the two subgradients differ)."""
+    from canctr.layers.mlp import PReLU
+
+    torch.manual_seed(0)
+    layer = PReLU(5).double()
+    with torch.no_grad():
+        layer.alpha.uniform_(-0.5, 0.5)
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(*shape, dtype=torch.float64)
+    out = layer(x)
+    gx, ga = torch.autograd.grad(out, (x, layer.alpha), g)
+    ref = layer.reference_forward(x)
+    rx, ra = torch.autograd.grad(ref, (x, layer.alpha), g)
+    assert torch.equal(out, ref)
+    assert torch.allclose(gx, rx, atol=1e-12) and torch.allclose(ga, ra, atol=1e-12)
