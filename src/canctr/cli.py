@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from typing import Any
 
@@ -47,13 +48,16 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from canctr.train.loop import TrainConfig, fit
 
-    cfg = TrainConfig(
-        data=args.data, model=args.model, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
-        eval_batch_size=args.eval_batch_size, lr=args.lr, optimizer=args.optimizer, seed=args.seed, device=args.device,
-        max_len=args.max_len, eval_max_len=args.eval_max_len, bucket=args.bucket,
-        model_config=parse_overrides(args.set),
-        checkpoint_every=args.checkpoint_every, eval_every=args.eval_every, progress=not args.no_progress,
-    )
+    try:
+        cfg = TrainConfig(
+            data=args.data, model=args.model, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
+            eval_batch_size=args.eval_batch_size, lr=args.lr, optimizer=args.optimizer, seed=args.seed,
+            device=args.device, max_len=args.max_len, eval_max_len=args.eval_max_len, bucket=args.bucket,
+            model_config=parse_overrides(args.set),
+            checkpoint_every=args.checkpoint_every, eval_every=args.eval_every, progress=not args.no_progress,
+        )
+    except ValueError as e:  # name the command-line option, not the dataclass field
+        raise ValueError(re.sub(r"TrainConfig\.(\w+)", lambda m: "--" + m[1].replace("_", "-"), str(e))) from None
     m = fit(cfg, resume=args.resume)
     print(
         f"{m['model']} seed {m['seed']}: auc {m['auc']:.4f}  gauc {m['gauc']:.4f}  logloss {m['logloss']:.4f}  "

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,11 @@ class Schema:
     root: ClassVar[Path | None] = None
 
     def __post_init__(self) -> None:
+        for key in ("vocab", "pairs"):
+            bad = {k: v for k, v in getattr(self, key).items()
+                   if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1}
+            if bad:
+                raise SchemaError(f"schema: {key} sizes must be positive integers, got {bad}")
         missing = sorted({f.table for f in self.spec.sparse} - set(self.vocab))
         if missing:
             raise SchemaError(f"schema: no vocabulary size for table(s) {missing}")
@@ -87,8 +93,9 @@ class Schema:
         try:
             spec = FeatureSpec.from_dict(data["spec"])
             return from_dict(cls, {**data, "spec": spec}, where=where)
-        except (ConfigError, SpecError) as e:
-            raise SchemaError(f"{where}: {e}") from None
+        except (ConfigError, SpecError, SchemaError) as e:
+            msg = str(e).removeprefix("schema: ")  # __post_init__'s prefix; `where` says more
+            raise SchemaError(msg if msg.startswith(where) else f"{where}: {msg}") from None
 
     def save(self, path: str | os.PathLike) -> None:
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")

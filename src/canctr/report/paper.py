@@ -3,8 +3,7 @@
 Source: W. Bian, K. Wu, L. Ren, Q. Pi, Y. Zhang, C. Xiao, X.-R. Sheng, Y.-N. Zhu, Z. Chan, N. Mou, X. Luo,
 S. Xiang, G. Zhou, X. Zhu, H. Deng. "CAN: Feature Co-Action Network for Click-Through Rate Prediction",
 WSDM 2022 (arXiv:2011.05625 v3), Table 3 (sequential datasets: AUC mean ± std over 5 runs) and Table 2
-(DNN-based Cartesian vs CAN: parameters as multiples of the DNN's), as transcribed in
-docs/can-paper.md sections 5.1 and 5.3.
+(DNN-based Cartesian vs CAN: parameters as multiples of the DNN's).
 
 Only the CAN paper's own numbers are here: its DIEN row (0.8346 on Books) is the CAN paper's, not the
 DIEN paper's 0.8453, and DIN has no row (it is not in the CAN tables).

@@ -22,7 +22,7 @@ from torch import nn
 
 from canctr import __version__
 from canctr.data.batch import Batch, BatchLoader, load_split
-from canctr.data.schema import Schema, atomic_write_text
+from canctr.data.schema import Schema, SchemaError, atomic_write_text
 from canctr.env import machine_description
 from canctr.models import create_model, make_config
 from canctr.models.base import negative_groups
@@ -158,9 +158,17 @@ def fit(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         handler.close()
 
 
+def _prepared_dir(path: str | Path) -> Path:
+    """`path` as a prepared directory: Schema.load also takes a schema.json file, the splits need the folder."""
+    path = Path(path)
+    if path.is_file():
+        raise SchemaError(f"{path}: is a file; expected a prepared directory (with schema.json)")
+    return path
+
+
 def _fit(cfg: TrainConfig, run_dir: Path, resume: bool) -> dict[str, Any]:
     device = resolve_device(cfg.device)
-    schema = Schema.load(cfg.data)
+    schema = Schema.load(_prepared_dir(cfg.data))
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     model_cfg = make_config(cfg.model, cfg.model_config)
@@ -300,7 +308,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, device
         raise ValueError(f"{run_dir}: no config.json; pass --data")
     dev = resolve_device(device)
     model, schema = load_model(run_dir / "checkpoint", dev)
-    data_schema = Schema.load(data_dir)
+    data_schema = Schema.load(_prepared_dir(data_dir))
     if data_schema.vocab != schema.vocab or data_schema.spec != schema.spec:
         raise ValueError(
             f"{data_dir}: its feature spec or vocabulary sizes ({data_schema.vocab}) differ from the checkpoint's "
