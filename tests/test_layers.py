@@ -465,18 +465,31 @@ def test_cross_network_by_hand_and_low_rank():
 # ------------------------------------------------------------------------------------------- docs/api.md
 
 
-def test_api_doc_example_runs():
-    """The ```python blocks of docs/api.md (the co-action unit inside a user's own module) run as written."""
+def test_api_doc_example_runs(tmp_path, monkeypatch):
+    """The ```python blocks of docs/api.md run as written: the co-action unit inside a user's own module,
+    and a model over a prepared `data/clicks` (made here from the generated click log)."""
+    import importlib.util
     import re
     from pathlib import Path
 
-    text = (Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text()
+    from canctr.data.table import prepare_table
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("make_clicks", root / "examples" / "make_clicks.py")
+    make_clicks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_clicks)
+    monkeypatch.chdir(tmp_path)
+    make_clicks.write(make_clicks.make_clicks(2000, 0), tmp_path / "clicks.parquet", "parquet")
+    prepare_table(root / "examples" / "specs" / "clicks.toml", [tmp_path / "clicks.parquet"], "data/clicks")
+
+    text = (root / "docs" / "api.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    assert blocks, "docs/api.md has no python example"
+    assert len(blocks) >= 2, "docs/api.md has no python example"
     namespace: dict = {}
     for code in blocks:
         exec(compile(code, "docs/api.md", "exec"), namespace)  # noqa: S102
     assert namespace["logits"].shape == (4,)
+    assert namespace["out"].logits.shape == (128,) and "aux" in namespace["out"].aux_losses
 
 
 @pytest.mark.parametrize("shape", [(7, 5), (3, 4, 5)])
