@@ -120,10 +120,9 @@ def main() -> int:
               f"| {r['before_peak_rss_mb']:,.0f} | {r['after_peak_rss_mb']:,.0f} |" for r in rows]
     print("\n".join(lines))
     if a.out:
-        out = Path(a.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-        out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+        from canctr.bench import write_results
+
+        write_results(a.out, {"meta": meta, "rows": rows}, "\n".join(lines))
     return 0
 
 

@@ -55,12 +55,9 @@ def main() -> int:
     text = "\n".join(lines).rstrip() + "\n"
     print(text)
     if a.out:
-        out = Path(a.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".md").write_text(text)
-        out.with_suffix(".json").write_text(json.dumps(
-            {"title": a.title, "commands": a.commands,
-             "columns": {label: col for label, col in columns}}, indent=2) + "\n")
+        from canctr.bench import write_results
+
+        write_results(a.out, {"title": a.title, "commands": a.commands, "columns": dict(columns)}, text)
     return 0
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import statistics
 import sys
 import tempfile
@@ -155,10 +154,9 @@ def main() -> int:
               f"| {100 * u['gflops'] / peak:.0f} % |" for u in units]
     print("\n".join(lines))
     if a.out:
-        out = Path(a.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows, "unit": units}, indent=2) + "\n")
-        out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+        from canctr.bench import write_results
+
+        write_results(a.out, {"meta": meta, "rows": rows, "unit": units}, "\n".join(lines))
     return 0
 
 

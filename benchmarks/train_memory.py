@@ -110,10 +110,9 @@ def main() -> int:
               f"| {r['peak_rss_anon_mb']:,.0f} | {r['samples_per_second']:,.0f} |" for r in rows]
     print("\n".join(lines))
     if a.out:
-        out = Path(a.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-        out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+        from canctr.bench import write_results
+
+        write_results(a.out, {"meta": meta, "rows": rows}, "\n".join(lines))
     return 0
 
 

@@ -335,12 +335,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_bench)
 
 
+def write_results(stem: str | Path, data: dict[str, Any], markdown: str) -> None:
+    """A benchmark's record: STEM.json (the numbers) and STEM.md (the table, with its command)."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(markdown.rstrip("\n") + "\n")
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     args.argv = sys.argv[2:]
     r = run(args)
     stem = Path(args.out or f"benchmarks/results/bench_{torch.device(r['device']).type}")
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(r, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(to_markdown(r))
+    write_results(stem, r, to_markdown(r))
     print(f"wrote {stem}.json and {stem}.md")
     return 0

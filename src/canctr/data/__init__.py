@@ -11,8 +11,8 @@
     encode.py            encode + write: vocabularies, store, pair keys, schema.json
     summary.py           the lines `canctr prepare` prints
     random_data.py       random data of any spec (benchmarks)
+    table.py             `canctr prepare table`: any Parquet / CSV / JSON-lines table under a spec
     cli_prepare.py       the `canctr prepare` subcommands
-    pipeline.py, readers.py, synthetic.py   re-exports of names that moved, for older imports
 
 The names below load on first use, so that `canctr prepare` (numpy only) never imports torch.
 """
