@@ -205,14 +205,15 @@ class BatchLoader:
                 start = torch.maximum(start, end - self.max_len)  # keep the most recent positions
             length = end - start
             width = widths[g]
-            valid = torch.arange(width, device=self.device)[None, :] < length[:, None]  # [B, W]
-            pos = (start[:, None] + torch.arange(width, device=self.device)[None, :]).masked_fill_(~valid, 0)
-            flat = pos.view(-1)
+            cols = torch.arange(width, device=self.device)[None, :]
+            valid = cols < length[:, None]  # [B, W]
+            pad = ~valid
+            flat = (start[:, None] + cols).masked_fill_(pad, 0).view(-1)
             for f in fields:
-                sparse[f] = self._gather(self._values[f], flat, valid)
+                sparse[f] = self._gather(self._values[f], flat, pad)
             lengths[g], masks[g] = length, valid
             if g in self.negatives:
-                negatives.update(self._negatives(g, fields, valid, sparse, epoch, step))
+                negatives.update(self._negatives(g, fields, pad, sparse, epoch, step))
         return Batch(
             label=self._label.index_select(0, didx),
             group=self._group.index_select(0, didx),
@@ -222,22 +223,23 @@ class BatchLoader:
         )
 
     @staticmethod
-    def _gather(values: Tensor, flat: Tensor, valid: Tensor) -> Tensor:
+    def _gather(values: Tensor, flat: Tensor, pad: Tensor) -> Tensor:
+        """values[flat] as [B, W] int64, 0 where `pad` (flat holds any valid index there)."""
         if values.numel() == 0:
-            return torch.zeros(valid.shape, dtype=torch.long, device=valid.device)
-        return values.index_select(0, flat).view(valid.shape).long().masked_fill_(~valid, 0)
+            return torch.zeros(pad.shape, dtype=torch.long, device=pad.device)
+        return values.index_select(0, flat).view(pad.shape).long().masked_fill_(pad, 0)
 
-    def _negatives(self, g: str, fields: list[str], valid: Tensor, sparse: dict[str, Tensor],
+    def _negatives(self, g: str, fields: list[str], pad: Tensor, sparse: dict[str, Tensor],
                    epoch: int, step: int) -> dict[str, Tensor]:
         total = self._values[fields[0]].numel()
         if total == 0:
             return {f: torch.zeros_like(sparse[f]) for f in fields}
         gen = torch.Generator().manual_seed(((self.seed * 1_000_003 + epoch) * 1_000_033 + step) * 64 + self.rank)
-        j = torch.randint(total, valid.shape, generator=gen).to(self.device)
+        j = torch.randint(total, pad.shape, generator=gen).to(self.device)
         first = self._values[fields[0]]
-        same = first.index_select(0, j.view(-1)).view(valid.shape).long() == sparse[fields[0]]
+        same = first.index_select(0, j.view(-1)).view(pad.shape).long() == sparse[fields[0]]
         j = torch.where(same, (j + 1) % total, j).view(-1)
-        return {f: self._gather(self._values[f], j, valid) for f in fields}
+        return {f: self._gather(self._values[f], j, pad) for f in fields}
 
     def iter_epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         """Batches of `epoch`, skipping the first `start_step` (exact mid-epoch resume)."""

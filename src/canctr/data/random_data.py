@@ -18,7 +18,7 @@ import numpy as np
 
 from canctr.data.schema import Schema
 from canctr.data.spec import FeatureSpec
-from canctr.data.store import Columns, SplitWriter, save_pair_keys
+from canctr.data.store import Columns, SplitWriter, pair_keys, save_pair_keys
 
 DEFAULT_VOCAB = 1000
 
@@ -69,7 +69,7 @@ def write_random_dataset(
     out = Path(out)
     sizes = {t: (vocab or {}).get(t, DEFAULT_VOCAB) for t in spec.tables()}
     rng = np.random.default_rng(seed)
-    pair_keys = {p.name: np.zeros(0, np.int64) for p in spec.cartesian}  # distinct keys so far
+    keys = {p.name: np.zeros(0, np.int64) for p in spec.cartesian}  # distinct keys so far
     bar = None
     if progress:
         from tqdm import tqdm
@@ -82,30 +82,17 @@ def write_random_dataset(
                 w.append(cols)
                 if split == "train":
                     for p in spec.cartesian:
-                        pair_keys[p.name] = np.union1d(pair_keys[p.name],
-                                                       _keys(spec, cols, p.induction, p.feed, sizes))
+                        rows_feed = sizes[spec.field(p.feed).table]
+                        keys[p.name] = np.union1d(keys[p.name], pair_keys(spec, cols, p.induction, p.feed, rows_feed))
                 if bar is not None:
                     bar.update(cols.n)
     if bar is not None:
         bar.close()
     pairs = {}
-    for name, keys in pair_keys.items():
-        save_pair_keys(out, name, keys)
-        pairs[name] = int(keys.size) + 1
+    for name, distinct in keys.items():
+        save_pair_keys(out, name, distinct)
+        pairs[name] = int(distinct.size) + 1
     schema = Schema(dataset=f"random:{n_train}", protocol="random", seed=seed, spec=spec, vocab=sizes, pairs=pairs,
                     splits={"train": n_train, "test": n_test}, options={"chunk": chunk})
     schema.save(out / "schema.json")
     return schema
-
-
-def _keys(spec: FeatureSpec, cols: Columns, induction: str, feed: str, sizes: dict[str, int]) -> np.ndarray:
-    """Distinct Cartesian keys induction * rows(feed table) + feed of one chunk."""
-    def per_position(name: str, group: str | None) -> np.ndarray:
-        f = spec.field(name)
-        if f.kind == "sequence":
-            return cols.values[name].astype(np.int64)
-        return np.repeat(cols.ids[name].astype(np.int64), cols.lengths(group)) if group else cols.ids[name]
-
-    group = next((spec.field(x).group for x in (induction, feed) if spec.field(x).kind == "sequence"), None)
-    keys = per_position(induction, group) * sizes[spec.field(feed).table] + per_position(feed, group)
-    return np.unique(keys)

@@ -190,10 +190,31 @@ def write_split(data_dir: str | os.PathLike, split: str, spec: FeatureSpec, cols
         w.append(cols)
 
 
+def pair_keys(spec: FeatureSpec, cols: Columns, induction: str, feed: str, rows_feed: int) -> np.ndarray:
+    """Cartesian keys induction index * rows_feed + feed index of every valid position of a chunk (both
+    indices > 0; a categorical side is repeated along the other side's sequence), unsorted, with repeats."""
+    fa, fb = spec.field(induction), spec.field(feed)
+    a = cols.ids[induction] if fa.kind == "categorical" else cols.values[induction]
+    b = cols.ids[feed] if fb.kind == "categorical" else cols.values[feed]
+    if fa.kind != fb.kind:
+        lens = cols.lengths((fa if fa.kind == "sequence" else fb).group)
+        if fa.kind == "categorical":
+            a = np.repeat(a, lens)
+        else:
+            b = np.repeat(b, lens)
+    keys = a.astype(np.int64) * rows_feed + b
+    return keys[(a > 0) & (b > 0)]
+
+
+def pair_keys_path(data_dir: str | os.PathLike, pair: str) -> Path:
+    """Where the keys of Cartesian pair "induction>feed" live in a prepared directory."""
+    induction, feed = pair.split(">")
+    return Path(data_dir) / "vocab" / "pairs" / f"{induction}.{feed}.npy"
+
+
 def save_pair_keys(data_dir: str | os.PathLike, pair: str, keys: np.ndarray) -> None:
     """Sorted distinct int64 keys of one Cartesian pair's training combinations."""
-    induction, feed = pair.split(">")
-    path = Path(data_dir) / "vocab" / "pairs" / f"{induction}.{feed}.npy"
+    path = pair_keys_path(data_dir, pair)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as fh:
@@ -202,8 +223,7 @@ def save_pair_keys(data_dir: str | os.PathLike, pair: str, keys: np.ndarray) -> 
 
 
 def load_pair_keys(data_dir: str | os.PathLike, pair: str) -> np.ndarray:
-    induction, feed = pair.split(">")
-    return _load(Path(data_dir) / "vocab" / "pairs" / f"{induction}.{feed}.npy", np.int64, 1, mmap=False)
+    return _load(pair_keys_path(data_dir, pair), np.int64, 1, mmap=False)
 
 
 # -------------------------------------------------------------------------------------------- reading
@@ -259,5 +279,5 @@ def read_split(data_dir: str | os.PathLike, split: str, spec: FeatureSpec, *, mm
     return Columns(label=label, group=group, ids=ids, offsets=offsets, values=values, dense=dense, extras=extras)
 
 
-__all__ = ["Columns", "SplitWriter", "StoreError", "read_split", "write_split", "save_pair_keys",
-           "load_pair_keys"]
+__all__ = ["Columns", "SplitWriter", "StoreError", "load_pair_keys", "pair_keys", "pair_keys_path", "read_split",
+           "save_pair_keys", "write_split"]

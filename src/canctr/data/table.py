@@ -80,7 +80,7 @@ import pyarrow.parquet as pq
 from canctr.data.encode import describe_source
 from canctr.data.schema import SPLITS, Schema, atomic_write_text, save_vocab
 from canctr.data.spec import FeatureSpec, Field, SpecError
-from canctr.data.store import Columns, SplitWriter, save_pair_keys
+from canctr.data.store import Columns, SplitWriter, pair_keys, save_pair_keys
 
 PAD_NAME = "<pad/unk>"
 BATCH_ROWS = 1 << 18  # rows per Parquet record batch (CSV and JSON batches are blocks of CSV_BLOCK / JSON_BLOCK bytes)
@@ -1389,7 +1389,7 @@ class _TablePrepare:
                         if split == "train":
                             for p in spec.cartesian:
                                 keyset, rows_feed = pair_sets[p.name]
-                                keyset.add(_pair_keys(spec, cols, p.induction, p.feed, rows_feed))
+                                keyset.add(pair_keys(spec, cols, p.induction, p.feed, rows_feed))
                         if spec.group:
                             seen_groups[chunk["group"]] = True
                         samples[split] += cols.n
@@ -1398,10 +1398,10 @@ class _TablePrepare:
                 finally:
                     self.writer.drain()  # every append is done before the writer closes (or aborts)
             group_seen[split] = int(np.count_nonzero(seen_groups)) if spec.group else samples[split]
-        pair_keys = {name: ks.sorted() for name, (ks, _) in pair_sets.items()}
+        distinct_keys = {name: ks.sorted() for name, (ks, _) in pair_sets.items()}
         for table, ids in raw.items():
             _save_vocab(out, table, ids)
-        for name, keys in pair_keys.items():
+        for name, keys in distinct_keys.items():
             save_pair_keys(out, name, keys)
         written = sum(samples.values())
         skipped = sum(self.skipped.values())
@@ -1415,7 +1415,7 @@ class _TablePrepare:
             "split_users": group_seen,
             "oov": oov,
             "nulls": self.nulls,
-            "pairs": {name: int(k.size) for name, k in pair_keys.items()},
+            "pairs": {name: int(k.size) for name, k in distinct_keys.items()},
             "max_seq_len": max_len,
             "split": {"by": spec.split.by, "test_fraction": spec.split.test_fraction, "seed": spec.split.seed},
         }
@@ -1428,7 +1428,7 @@ class _TablePrepare:
             spec=spec,
             vocab=sizes,
             splits=samples,
-            pairs={name: int(k.size) + 1 for name, k in pair_keys.items()},
+            pairs={name: int(k.size) + 1 for name, k in distinct_keys.items()},
             dense=norms,
             sources=sources,
             counts=counts,
@@ -1574,22 +1574,6 @@ def _norm(f: Field, m: _Moments) -> dict[str, float]:
     fill = mean if f.nan == "mean" else 0.0
     return {"shift": float(shift), "scale": float(scale), "fill": float(fill),
             "log1p": 1.0 if f.norm == "log1p" else 0.0}
-
-
-def _pair_keys(spec: FeatureSpec, cols: Columns, induction: str, feed: str, rows_feed: int) -> np.ndarray:
-    """Keys induction index * rows_feed + feed index of every valid position (both indices > 0)."""
-    fa, fb = spec.field(induction), spec.field(feed)
-    a = cols.ids[induction] if fa.kind == "categorical" else cols.values[induction]
-    b = cols.ids[feed] if fb.kind == "categorical" else cols.values[feed]
-    if fa.kind != fb.kind:
-        seq = fa if fa.kind == "sequence" else fb
-        lens = cols.lengths(seq.group)
-        if fa.kind == "categorical":
-            a = np.repeat(a, lens)
-        else:
-            b = np.repeat(b, lens)
-    keys = a.astype(np.int64) * rows_feed + b
-    return keys[(a > 0) & (b > 0)]
 
 
 _JSON_PLAIN = r'^[\x20-\x21\x23-\x5b\x5d-\x7e]*$'  # printable ASCII but " and \\: json.dumps keeps it as is

@@ -15,8 +15,6 @@ Notation: B batch, L positions of the pair's sequence side, E embedding width.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -24,7 +22,7 @@ from torch import Tensor, nn
 from canctr.data.batch import Batch
 from canctr.data.schema import Schema
 from canctr.data.spec import Pair
-from canctr.data.store import load_pair_keys
+from canctr.data.store import load_pair_keys, pair_keys_path
 from canctr.layers.embedding import EmbeddingInit, embedding_table, masked_sum
 from canctr.models.registry import FeatureBlock
 
@@ -90,11 +88,8 @@ class CartesianBlock(nn.Module):
 
 def _stored_keys(schema: Schema, name: str) -> np.ndarray | None:
     """The pair's keys from the prepared directory, or None when the schema has no data beside it (built in
-    memory, or read from a checkpoint). The path is store.py's documented layout."""
-    if schema.root is None:
-        return None
-    induction, feed = name.split(">")
-    if not (Path(schema.root) / "vocab" / "pairs" / f"{induction}.{feed}.npy").exists():
+    memory, or read from a checkpoint)."""
+    if schema.root is None or not pair_keys_path(schema.root, name).exists():
         return None
     return load_pair_keys(schema.root, name)
 
