@@ -32,6 +32,11 @@ try:
 except ImportError:  # versions before train/optim.py
     from canctr.train.loop import make_optimizer
 data, model_name, bs, steps, warmup = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+try:  # what `canctr train` does at start, in versions that have it (CANCTR_MALLOC_TUNING=0 turns it off)
+    from canctr.train.allocator import keep_freed_memory
+    tuned = keep_freed_memory()
+except ImportError:
+    tuned = False
 schema = Schema.load(data)
 torch.manual_seed(0)
 model = create_model(model_name, schema)
@@ -47,18 +52,23 @@ opt = make_optimizer(model, 1e-3)
 it = loader.iter_epoch(0)
 for _, b in zip(range(warmup), it):
     train_step(model, b, opt)
+faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 t0 = time.perf_counter()
 n = 0
 for _, b in zip(range(steps), it):
     train_step(model, b, opt)
     n += 1
-print(json.dumps({"ms": 1000 * (time.perf_counter() - t0) / n,
+print(json.dumps({"ms": 1000 * (time.perf_counter() - t0) / n, "tuned": tuned,
+                  "faults_per_step": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / n,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 
-def run_cell(src: Path, data: str, model: str, bs: int, steps: int, warmup: int) -> dict[str, float]:
+def run_cell(src: Path, data: str, model: str, bs: int, steps: int, warmup: int,
+             untuned: bool = False) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(src)}
+    if untuned:
+        env["CANCTR_MALLOC_TUNING"] = "0"
     out = subprocess.run([sys.executable, "-c", CELL, data, model, str(bs), str(steps), str(warmup)],
                          env=env, check=True, capture_output=True, text=True, cwd=ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -75,6 +85,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--untuned", action="store_true",
+                    help="also time the working tree with the allocator tuning off (CANCTR_MALLOC_TUNING=0)")
     ap.add_argument("--out", default=None, help="results stem (JSON + markdown)")
     a = ap.parse_args()
     rev = subprocess.run(["git", "rev-parse", "--short", a.before], cwd=ROOT, check=True, capture_output=True,
@@ -85,24 +97,28 @@ def main() -> int:
         wt = Path(tmp) / "before"
         subprocess.run(["git", "worktree", "add", "--detach", str(wt), rev], cwd=ROOT, check=True, capture_output=True)
         try:
-            srcs = {"before": wt / "src", "after": ROOT / "src"}
-            datas = {"before": a.before_data or a.data, "after": a.data}
+            srcs = {"before": wt / "src", "after": ROOT / "src", "untuned": ROOT / "src"}
+            datas = {"before": a.before_data or a.data, "after": a.data, "untuned": a.data}
+            versions = ("before", "after", "untuned") if a.untuned else ("before", "after")
             ms: dict[tuple[str, str], list[float]] = {}
             rss: dict[tuple[str, str], list[float]] = {}
+            faults: dict[tuple[str, str], list[float]] = {}
             for r in range(a.rounds):
                 for model in a.models:
-                    for version in (("before", "after") if r % 2 == 0 else ("after", "before")):
-                        cell = run_cell(srcs[version], datas[version], model, a.batch_size, a.steps, a.warmup)
+                    for version in (versions if r % 2 == 0 else versions[::-1]):
+                        cell = run_cell(srcs[version], datas[version], model, a.batch_size, a.steps, a.warmup,
+                                        untuned=version == "untuned")
                         ms.setdefault((model, version), []).append(cell["ms"])
                         rss.setdefault((model, version), []).append(cell["peak_rss_mb"])
+                        faults.setdefault((model, version), []).append(cell.get("faults_per_step", float("nan")))
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(wt)], cwd=ROOT, check=False)
     from canctr.env import machine_description
 
-    rows = [{"model": m, "before_ms": statistics.median(ms[(m, "before")]),
-             "after_ms": statistics.median(ms[(m, "after")]),
-             "before_rounds": ms[(m, "before")], "after_rounds": ms[(m, "after")],
-             "before_peak_rss_mb": max(rss[(m, "before")]), "after_peak_rss_mb": max(rss[(m, "after")])}
+    rows = [{"model": m, **{f"{v}_ms": statistics.median(ms[(m, v)]) for v in versions},
+             **{f"{v}_rounds": ms[(m, v)] for v in versions},
+             **{f"{v}_peak_rss_mb": max(rss[(m, v)]) for v in versions},
+             **{f"{v}_faults_per_step": statistics.median(faults[(m, v)]) for v in versions}}
             for m in a.models]
     for r in rows:
         r["speedup"] = r["before_ms"] / r["after_ms"]
@@ -112,12 +128,21 @@ def main() -> int:
     lines = [f"# Step time before ({rev}) and after ({head}), batch {a.batch_size}, {Path(a.data).name}", "",
              f"Command: `{meta['command']}`  ", f"Date: {meta['date']}; machine: {meta['machine']}", "",
              "Each cell is a fresh process training `--steps` steps after `--warmup` (batch building included); "
-             "rounds alternate the versions; medians of the rounds, peak RSS the largest.", "",
+             "rounds alternate the versions; medians of the rounds, peak RSS the largest; faults = minor page "
+             "faults per timed step (median of the rounds).", "",
              "| model | before ms/step | after ms/step | speed-up | before samples/s | after samples/s "
-             "| before peak RSS MB | after peak RSS MB |", "|---|---|---|---|---|---|---|---|"]
+             "| before peak RSS MB | after peak RSS MB | before faults | after faults |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['before_ms']:.2f} | {r['after_ms']:.2f} | {r['speedup']:.2f}× "
               f"| {1000 * a.batch_size / r['before_ms']:,.0f} | {1000 * a.batch_size / r['after_ms']:,.0f} "
-              f"| {r['before_peak_rss_mb']:,.0f} | {r['after_peak_rss_mb']:,.0f} |" for r in rows]
+              f"| {r['before_peak_rss_mb']:,.0f} | {r['after_peak_rss_mb']:,.0f} "
+              f"| {r['before_faults_per_step']:.0f} | {r['after_faults_per_step']:.0f} |" for r in rows]
+    if a.untuned:
+        lines += ["", "The working tree with the allocator tuning off (`CANCTR_MALLOC_TUNING=0`, "
+                  "canctr/train/allocator.py), timed in the same rounds:", "",
+                  "| model | untuned ms/step | after / untuned speed-up | untuned faults |", "|---|---|---|---|"]
+        lines += [f"| {r['model']} | {r['untuned_ms']:.2f} | {r['untuned_ms'] / r['after_ms']:.2f}× "
+                  f"| {r['untuned_faults_per_step']:.0f} |" for r in rows]
     print("\n".join(lines))
     if a.out:
         from canctr.bench import write_results

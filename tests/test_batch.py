@@ -142,6 +142,49 @@ def test_bucketing_sorts_windows_by_length() -> None:
     assert not torch.equal(order, bucketed.order(1))
 
 
+def test_shuffle_windows_bound_the_order() -> None:
+    """A split larger than `shuffle_window` is dealt into windows by index modulo K: each epoch is still a
+    permutation of the split, a function of (seed, epoch), resumable mid-epoch, shardable across ranks and
+    bucketed within each window."""
+    spec = FeatureSpec(
+        fields=[Field("item"), Field("hist_item", kind="sequence", table="item", group="hist")],
+        sequences=[SequenceGroup("hist", 40)],
+    )
+    n = 1003
+    cols = random_columns(spec, {"item": 30}, n, np.random.default_rng(1))
+
+    def loader(**kw) -> BatchLoader:  # noqa: ANN003
+        return BatchLoader(cols, spec, **{"batch_size": 16, "shuffle": True, "seed": 5, "shuffle_window": 100,
+                                          **kw})
+
+    windowed = loader()
+    pieces = list(windowed._windows(0))
+    assert len(pieces) == 11 and max(p.numel() for p in pieces) <= 100  # ceil(1003 / 100) windows, each bounded
+    for piece in pieces:  # one residue class modulo 11 per window: each spans the whole split
+        assert len(set((piece % 11).tolist())) == 1 and int(piece.max()) - int(piece.min()) > 900
+    order = windowed.order(0)
+    assert sorted(order.tolist()) == list(range(n))
+    assert torch.equal(order, loader().order(0)) and not torch.equal(order, windowed.order(1))
+    assert not torch.equal(order, loader(shuffle_window=n).order(0))  # one window: the plain permutation
+    batches = list(windowed.iter_epoch(0))
+    assert len(batches) == len(windowed) == 63 and [b.size for b in batches[-2:]] == [16, 11]
+    assert sorted(torch.cat([b["item"] for b in batches]).tolist()) == sorted(cols.ids["item"].tolist())
+    resumed = list(windowed.iter_epoch(0, start_step=20))  # skips whole windows, then part of one
+    assert [b["item"].tolist() for b in resumed] == [b["item"].tolist() for b in batches[20:]]
+    shards = [loader(rank=r, world_size=2, drop_last=True) for r in range(2)]
+    parts = [s.order(0).tolist() for s in shards]
+    assert len(parts[0]) == len(parts[1]) == n // 2 and not set(parts[0]) & set(parts[1])
+    assert parts[0] == order[: n // 2 * 2 : 2].tolist()  # position p of the epoch's order goes to rank p % 2
+    lens = np.diff(cols.offsets["hist"])
+    bucketed = loader(bucket=3).order(0).numpy()
+    for piece in loader(bucket=3)._windows(0):  # bucketed within each window: every batch longest first
+        for start in range(0, piece.numel() - 15, 16):
+            assert (np.diff(lens[piece[start : start + 16].numpy()]) <= 0).all()
+    assert sorted(bucketed.tolist()) == list(range(n))
+    with pytest.raises(ValueError, match="shuffle_window must be >= 1"):
+        loader(shuffle_window=0)
+
+
 def test_negatives_drawn_from_the_group_per_seed_epoch_step(cols: Columns) -> None:
     def loader(seed: int = 1) -> BatchLoader:
         return BatchLoader(cols, SPEC, batch_size=4, shuffle=True, seed=seed, negatives=("hist",))

@@ -89,6 +89,7 @@ def test_data_that_is_a_file(data_dir: Path, run_dir: Path, tmp_path: Path, caps
     expected = f"{path}: is a file; expected a prepared directory (with schema.json)"
     line = one_line_error(capsys, train(path, tmp_path / "run"), "train")
     assert line == f"canctr train: error: {expected}"
+    assert not (tmp_path / "run").exists()  # refused before the run directory is made
     line = one_line_error(capsys, main(["evaluate", "--run", str(run_dir), "--data", str(path)]), "evaluate")
     assert line == f"canctr evaluate: error: {expected}"
 

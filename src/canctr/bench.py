@@ -32,6 +32,7 @@ from canctr.data.schema import Schema
 from canctr.env import machine_description
 from canctr.models import create_model
 from canctr.models.base import negative_groups
+from canctr.train.allocator import keep_freed_memory
 from canctr.train.loop import resolve_device, train_step
 from canctr.train.optim import make_optimizer
 
@@ -55,6 +56,7 @@ SECTIONS = ("train", "infer", "loader", "pipeline")
 def train_cell(data: str, model_name: str, batch_size: int, device: str, warmup: int, steps: int,
                seed: int = 0, optimizer: str = "adam") -> dict[str, Any]:
     """Steady-state training throughput of one model at one batch size (run in a fresh process)."""
+    keep_freed_memory()  # as `canctr train` does
     dev = resolve_device(device)
     schema = Schema.load(data)
     torch.manual_seed(seed)
@@ -115,6 +117,7 @@ def request_batch(loader: BatchLoader, row: int, candidates: dict[str, np.ndarra
 def infer_cell(data: str, model_name: str, device: str, candidates: int, requests: int,
                bulk_batch: int) -> dict[str, Any]:
     """Latency of 1 user x `candidates` requests (p50/p99) and bulk scoring throughput, eval mode."""
+    keep_freed_memory()
     dev = resolve_device(device)
     schema = Schema.load(data)
     torch.manual_seed(0)

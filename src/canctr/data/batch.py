@@ -103,6 +103,11 @@ class BatchLoader:
             attention group (else the first group) and shuffle the resulting batches (the official
             DataIterator sorts 20-batch buffers by length): the padded width, and DIEN's recurrent steps,
             shrink. 0 or 1 = plain shuffling.
+        shuffle_window: the most samples one epoch's order holds in memory at a time. Up to this many
+            samples the order is one permutation of the split. A larger split is dealt into K = ceil(n /
+            shuffle_window) windows by sample index modulo K (each window spans the whole split); an epoch
+            visits the windows in a seeded order, each permuted (and bucketed) on its own, so the order's
+            memory stays bounded however large the data.
         negatives: sequence groups for which to draw one negative per valid position (DIEN's auxiliary
             loss): a uniformly drawn position of the same split's group, i.e. by popularity, with every field
             of that position (an item comes with its own category); drawn again once where it equals the
@@ -124,9 +129,12 @@ class BatchLoader:
         world_size: int = 1,
         bucket: int = 0,
         negatives: tuple[str, ...] = (),
+        shuffle_window: int = 1 << 20,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if shuffle_window < 1:
+            raise ValueError(f"shuffle_window must be >= 1, got {shuffle_window}")
         if max_len is not None and max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {max_len}")
         self.spec = spec
@@ -137,6 +145,7 @@ class BatchLoader:
         self.drop_last = drop_last
         self.rank, self.world_size = rank, world_size
         self.bucket = bucket
+        self.shuffle_window = shuffle_window
         self.max_len = max_len
         dev = self.device
         self.n = cols.n
@@ -151,14 +160,16 @@ class BatchLoader:
             if g not in self._groups:
                 raise ValueError(f"negatives: {g!r} is not a sequence group of the spec")
         self.negatives = tuple(negatives)
-        # per-sample lengths on the CPU (batch widths and bucketing without device syncs)
-        # int32: 4 bytes a sample (the order is the other per-sample array; both O(N), the data is not in RAM)
-        self._len_cpu = {g: self._capped(torch.from_numpy(np.diff(np.asarray(cols.offsets[g])).astype(np.int32)))
-                         for g in self._groups}
+        # per-sample lengths on the CPU (batch widths and bucketing without device syncs), read from the mapped
+        # offsets when needed: nothing per sample is held in memory
+        self._offsets_cpu = {g: np.asarray(cols.offsets[g]) for g in self._groups}
         self._bucket_group = spec.attention_group or (spec.sequences[0].name if spec.sequences else None)
 
-    def _capped(self, lengths: Tensor) -> Tensor:
-        return lengths if self.max_len is None else lengths.clamp(max=self.max_len)
+    def _lengths(self, g: str, idx: np.ndarray) -> np.ndarray:
+        """Lengths of group `g` of samples `idx`, capped at max_len, int64."""
+        off = self._offsets_cpu[g]
+        lens = off[idx + 1].astype(np.int64) - off[idx]
+        return lens if self.max_len is None else np.minimum(lens, self.max_len)
 
     def __len__(self) -> int:
         per_rank = self.n // self.world_size if self.world_size > 1 else self.n
@@ -167,34 +178,61 @@ class BatchLoader:
         return (per_rank + self.batch_size - 1) // self.batch_size
 
     def order(self, epoch: int) -> Tensor:
-        """This rank's sample indices for `epoch` (CPU): a function of (seed, epoch, rank, world_size) only."""
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            idx = torch.randperm(self.n, generator=g)
-            if self.bucket > 1 and self._bucket_group is not None:
-                idx = self._bucketed(idx, g)
-        else:
-            idx = torch.arange(self.n)
-        if self.world_size > 1:
-            usable = (self.n // self.world_size) * self.world_size
-            idx = idx[:usable][self.rank :: self.world_size]
+        """This rank's sample indices for `epoch` (CPU): a function of (seed, epoch, rank, world_size) only.
+        Materialises the whole order (for tests and small splits); iteration streams it window by window."""
+        parts = list(self._rank_order(epoch))
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+
+    def _windows(self, epoch: int) -> Iterator[Tensor]:
+        """The epoch's order as consecutive pieces, one shuffle window each (see `shuffle_window`)."""
+        if not self.shuffle:
+            for start in range(0, self.n, self.shuffle_window):
+                yield torch.arange(start, min(self.n, start + self.shuffle_window))
+            return
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        k = -(-self.n // self.shuffle_window)
+        if k <= 1:  # the split fits one window: one permutation of it
+            yield self._shuffled(torch.arange(self.n), g)
+            return
+        for w in torch.randperm(k, generator=g).tolist():
+            gw = torch.Generator().manual_seed(((self.seed * 1_000_003 + epoch) * 1_000_033 + w) * 64 + 63)
+            yield self._shuffled(torch.arange(w, self.n, k), gw)  # samples w, w + k, w + 2k, ...
+
+    def _shuffled(self, members: Tensor, g: torch.Generator) -> Tensor:
+        idx = members[torch.randperm(members.numel(), generator=g)]
+        if self.bucket > 1 and self._bucket_group is not None:
+            idx = self._bucketed(idx, g)
         return idx
+
+    def _rank_order(self, epoch: int) -> Iterator[Tensor]:
+        """This rank's part of the epoch's order, in pieces: position p of the epoch's order goes to rank
+        p % world_size, over the first (n // world_size) * world_size positions (equal counts)."""
+        if self.world_size == 1:
+            yield from self._windows(epoch)
+            return
+        usable, p = (self.n // self.world_size) * self.world_size, 0
+        for piece in self._windows(epoch):
+            piece = piece[: max(0, usable - p)]
+            first = (self.rank - p) % self.world_size  # the first position of this piece that is ours
+            yield piece[first :: self.world_size]
+            p += piece.numel()
 
     def _bucketed(self, idx: Tensor, g: torch.Generator) -> Tensor:
         """Sort windows of the shuffled order by descending length, then shuffle whole batches."""
+        n = idx.numel()
         window = self.bucket * self.batch_size
-        lens = self._len_cpu[self._bucket_group][idx]
+        lens = torch.from_numpy(self._lengths(self._bucket_group, idx.numpy()))
         top = int(lens.max()) + 1 if lens.numel() else 1
-        key = (torch.arange(self.n) // window) * top + (top - 1 - lens)
+        key = (torch.arange(n) // window) * top + (top - 1 - lens)
         idx = idx[torch.sort(key, stable=True).indices]
-        n_full = self.n // self.batch_size
+        n_full = n // self.batch_size
         blocks = idx[: n_full * self.batch_size].view(n_full, self.batch_size)
         return torch.cat([blocks[torch.randperm(n_full, generator=g)].reshape(-1), idx[n_full * self.batch_size :]])
 
     def batch(self, idx: Tensor, epoch: int = 0, step: int = 0) -> Batch:
         """Gather rows `idx` (CPU indices); each sequence group is padded to its longest row among them."""
         idx = idx.cpu()
-        widths = {g: max(int(lens[idx].max()) if idx.numel() else 0, 1) for g, lens in self._len_cpu.items()}
+        widths = {g: max(int(self._lengths(g, idx.numpy()).max()) if idx.numel() else 0, 1) for g in self._groups}
         didx = idx.to(self.device, non_blocking=True)
         sparse = {name: t.index_select(0, didx).long() for name, t in self._ids.items()}
         lengths, masks, negatives = {}, {}, {}
@@ -243,12 +281,21 @@ class BatchLoader:
 
     def iter_epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         """Batches of `epoch`, skipping the first `start_step` (exact mid-epoch resume)."""
-        idx = self.order(epoch)
-        for step in range(start_step, len(self)):
-            sel = idx[step * self.batch_size : (step + 1) * self.batch_size]
-            if sel.numel() == 0:
-                break
-            yield self.batch(sel, epoch, step)
+        bs, step, skip = self.batch_size, 0, start_step * self.batch_size
+        pending = torch.zeros(0, dtype=torch.long)
+        for piece in self._rank_order(epoch):
+            if skip >= piece.numel():  # resume: whole pieces before the start step
+                skip -= piece.numel()
+                continue
+            pending = torch.cat([pending, piece[skip:]]) if pending.numel() else piece[skip:]
+            skip = 0
+            full = pending.numel() // bs
+            for i in range(full):
+                yield self.batch(pending[i * bs : (i + 1) * bs], epoch, start_step + step)
+                step += 1
+            pending = pending[full * bs :]
+        if pending.numel() and not self.drop_last:
+            yield self.batch(pending, epoch, start_step + step)
 
     def __iter__(self) -> Iterator[Batch]:
         return self.iter_epoch(0)
