@@ -2,8 +2,8 @@
 datasets of different sizes, each in a fresh process.
 
 Reported per run: peak RSS (ru_maxrss: every resident page, the memory-mapped data's page cache
-included), peak anonymous RSS (RssAnon, sampled every 20 steps: what the process itself allocates, the
-part that must not grow with the data) and samples/s. With `--generate N ...` the datasets are random
+included), peak anonymous RSS (RssAnon, sampled every 5 ms on a thread: what the process itself
+allocates, the part that must not grow with the data) and samples/s. With `--generate N ...` the datasets are random
 data of the Amazon preset (`canctr.data.random_data`, history max_len 50), written in bounded memory.
 
     python benchmarks/train_memory.py --generate 1000000 20000000 --model can-dien --steps 1000 \
@@ -37,6 +37,15 @@ def rss_anon_mb():
             return int(line.split()[1]) / 1024
     return float("nan")
 
+import threading
+from canctr.train.allocator import keep_freed_memory
+keep_freed_memory()  # as `canctr train` does
+peak = [rss_anon_mb()]
+def sample():  # every 5 ms, so short-lived allocations (an epoch's order) are seen too
+    while True:
+        peak[0] = max(peak[0], rss_anon_mb())
+        time.sleep(0.005)
+threading.Thread(target=sample, daemon=True).start()
 data, model_name, bs, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 schema = Schema.load(data)
 torch.manual_seed(0)
@@ -44,21 +53,19 @@ model = create_model(model_name, schema)
 loader = BatchLoader(load_split(data, "train", schema.spec), schema.spec, batch_size=bs, shuffle=True, seed=0,
                      max_len=100, bucket=20, drop_last=True, negatives=negative_groups(model))
 opt = make_optimizer(model, 1e-3)
-peak_anon, n, t0 = rss_anon_mb(), 0, time.perf_counter()
+n, t0 = 0, time.perf_counter()
 epoch = 0
 while n < steps:
     for b in loader.iter_epoch(epoch):
         train_step(model, b, opt)
         n += 1
-        if n % 20 == 0:
-            peak_anon = max(peak_anon, rss_anon_mb())
         if n == steps:
             break
     epoch += 1
 seconds = time.perf_counter() - t0
 print(json.dumps({"samples": loader.n, "steps": n, "samples_per_second": n * bs / seconds,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "peak_rss_anon_mb": max(peak_anon, rss_anon_mb())}))
+                  "peak_rss_anon_mb": max(peak[0], rss_anon_mb())}))
 """
 
 
