@@ -23,8 +23,8 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 RESULT_TAG = "PEER_RESULT "  # prefix of the one result line a worker prints to stdout
 
-# canctr's defaults for DIN/DIEN (src/canctr/models/{_common,din,dien}.py, layers/attention.py); the
-# canctr worker reports its own config and compare_peers.py checks it against these.
+# canctr's defaults for DIN/DIEN (src/canctr/models/{base,din,dien}.py, layers/attention.py); the canctr
+# worker reports its own config and compare_peers.py checks it (and the attention unit) against these.
 EMBED_DIM = 18  # user / item / cate; histories share the item / cate tables
 MLP_DIMS = (200, 80)  # then one output unit
 ATTENTION_DIMS = (80, 40)  # DIN activation unit (then one output unit)
@@ -32,7 +32,9 @@ GRU_HIDDEN = 36  # DIEN extractor and AUGRU hidden size
 AUX_WEIGHT = 1.0  # DIEN auxiliary-loss weight
 LR = 1e-3  # Adam, no weight decay, no regularisation
 
+# the arrays of compare_peers.py's padded export, per split: DIR/<split>/<field>.npy
 FIELDS = ("label", "user", "item", "cate", "hist_item", "hist_cate", "hist_len", "neg_hist_item", "neg_hist_cate")
+EXPORT_FORMAT = "canctr-peers-padded-1"  # DIR/export.json "format"
 
 
 def parse_args(description: str, *, canctr: bool = False) -> argparse.Namespace:
@@ -40,7 +42,8 @@ def parse_args(description: str, *, canctr: bool = False) -> argparse.Namespace:
     if canctr:
         ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="canctr model config override, as `canctr train --set`")
-    ap.add_argument("--data", required=True, help="canctr prepared directory (train/, test/, schema.json)")
+    ap.add_argument("--data", required=True,
+                    help="canctr: a prepared directory; peers: compare_peers.py's padded export of it")
     ap.add_argument("--model", required=True, help="din | dien (canctr also: can-dien)")
     ap.add_argument("--batch-size", type=int, required=True)
     ap.add_argument("--eval-batch-size", type=int, default=1024)
@@ -54,20 +57,36 @@ def set_threads(n: int) -> None:
     torch.set_num_threads(n)
 
 
+def export_meta(data: str | Path) -> dict:
+    """DIR/export.json of a padded export (vocab sizes, width, rows per split, how negatives were drawn)."""
+    path = Path(data) / "export.json"
+    if not path.exists():
+        raise SystemExit(f"{path}: missing; --data must be compare_peers.py's padded export (export_*/), "
+                         "not a `canctr prepare` directory")
+    meta = json.loads(path.read_text())
+    if meta.get("format") != EXPORT_FORMAT:
+        raise SystemExit(f"{path}: format {meta.get('format')!r}, this worker reads {EXPORT_FORMAT!r}")
+    return meta
+
+
 def load_split(data: str | Path, split: str) -> dict[str, np.ndarray]:
-    """The arrays of one split as stored (int32 ids, float32 label); histories [N, L] left-aligned."""
+    """The arrays of one split of the export: label float32 [N]; user, item, cate, hist_len int32 [N];
+    hist_item, hist_cate, neg_hist_item, neg_hist_cate int32 [N, W], left-aligned and 0-padded."""
+    meta = export_meta(data)
     d = Path(data) / split
     arrays = {name: np.load(d / f"{name}.npy", allow_pickle=False) for name in FIELDS}
     n = {name: a.shape[0] for name, a in arrays.items()}
-    if len(set(n.values())) != 1:
-        raise ValueError(f"{d}: row counts differ between arrays: {n}")
+    if set(n.values()) != {meta["splits"][split]}:
+        raise ValueError(f"{d}: row counts {n}, export.json says {meta['splits'][split]}")
+    widths = {name: a.shape[1] for name, a in arrays.items() if a.ndim == 2}
+    if set(widths.values()) != {meta["width"]}:
+        raise ValueError(f"{d}: history widths {widths}, export.json says {meta['width']}")
     return arrays
 
 
 def vocab_sizes(data: str | Path) -> dict[str, int]:
     """{user, item, cate} -> vocabulary size including index 0 (padding / unknown)."""
-    schema = json.loads((Path(data) / "schema.json").read_text())
-    return {"user": schema["n_user"], "item": schema["n_item"], "cate": schema["n_cate"]}
+    return {k: int(v) for k, v in export_meta(data)["vocab"].items()}
 
 
 class StepClock:

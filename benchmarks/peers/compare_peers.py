@@ -1,25 +1,30 @@
 """canctr vs the maintained PyTorch peers that implement DIN and DIEN (deepctr-torch, torch-rechub), on the
-very same prepared data (canctr's encoded .npy format).
+very same prepared data (a `canctr prepare` directory, and a padded copy of it for the peers).
 
     python benchmarks/peers/compare_peers.py setup                 # one venv per peer under /tmp
     python benchmarks/peers/compare_peers.py run --data DIR --repeats 3
 
-Each peer lives in its own virtual environment (never a canctr dependency) and runs as a subprocess of
-that venv's python executing worker_<peer>.py, which reads DIR/{train,test}/*.npy with numpy only. The canctr
-side runs worker_canctr.py (canctr.train.loop.fit) with this interpreter. Runs alternate library by library
-(canctr, deepctr, rechub, canctr, ...), with the repeats as the outer loop, so machine noise hits all alike;
-every run gets the same thread count. Results: OUT.json (every run + medians) and OUT.md (the tables).
+`run` first writes, under --work, the training rows to use (with --max-train-samples N: a prepared directory
+holding the first N training rows and the whole test split) and a padded export of them for the peers
+(`export_padded`: fixed-width numpy arrays, DIEN's negatives drawn once by canctr's BatchLoader). Each peer
+lives in its own virtual environment (never a canctr dependency) and runs as a subprocess of that venv's
+python executing worker_<peer>.py, which reads the export with numpy only. The canctr side runs
+worker_canctr.py (canctr.train.loop.fit on the prepared directory) with this interpreter. Runs alternate
+library by library (canctr, deepctr, rechub, canctr, ...), with the repeats as the outer loop, so machine noise
+hits all alike; every run gets the same thread count. Results: OUT.json (every run + medians) and OUT.md (the tables).
 README.md beside this file has the commands and the settings.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -28,11 +33,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import _common as c  # benchmarks/peers/_common.py: settings and the result line shared with the workers
+import numpy as np
 import torch
 
-from canctr.data.batch import load_split
+from canctr.data.batch import BatchLoader
 from canctr.data.schema import Schema
+from canctr.data.store import Columns, read_split, write_split
 from canctr.env import cpu_model
+from canctr.layers.attention import TargetAttention
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -111,22 +119,116 @@ class Job:
         return f"{self.library}_{self.model}_b{self.batch_size}_r{self.repeat}"
 
 
-PORT_PENDING = ("the peer harness still reads the padded format v1 of `canctr prepare`; its port to the ragged "
-                "store (data/store.py) is pending, see docs/performance.md")
+# ------------------------------------------------------------------------------------------------ data
+PEER_FIELDS = {"user": "categorical", "item": "categorical", "cate": "categorical", "hist_item": "sequence",
+               "hist_cate": "sequence"}  # what the peers' models read (behaviour_spec's layout)
+EXPORT_BATCH = 65536  # rows per BatchLoader batch while exporting (bounds the exporter's memory)
 
 
 def sliced_data(data: Path, max_train: int | None, work: Path) -> Path:
-    """`data` itself, or a copy holding its first `max_train` training rows (test split whole), so every
-    library trains on exactly the same rows."""
+    """`data` itself, or a prepared directory holding its first `max_train` training rows and its whole test
+    split (same schema, `splits["train"] = max_train`), so canctr and the export train on exactly those rows."""
     schema = Schema.load(data)
     if max_train is None or max_train >= schema.splits["train"]:
         return data
-    out = work / f"data_train{max_train}"
-    raise SystemExit(PORT_PENDING)  # slicing wrote the v1 arrays; the port rewrites it on data/store.py
-    schema.splits = {**schema.splits, "train": max_train}
-    schema.options = {**schema.options, "peers_max_train_samples": max_train, "peers_sliced_from": str(data)}
-    schema.save(out / "schema.json")
+    if max_train < 1:
+        raise SystemExit(f"--max-train-samples must be >= 1, got {max_train}")
+    spec, n = schema.spec, max_train
+    out = work / f"data_{data.absolute().name}_train{n}"
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    cols = read_split(data, "train", spec)  # memory-mapped; only the first n rows are read
+    ends = {g: int(cols.offsets[g][n]) for g in cols.offsets}
+    head = Columns(
+        label=cols.label[:n], group=cols.group[:n], ids={k: v[:n] for k, v in cols.ids.items()},
+        offsets={g: cols.offsets[g][: n + 1] for g in cols.offsets},
+        values={f: v[: ends[spec.group_of(f)]] for f, v in cols.values.items()},
+        dense=None if cols.dense is None else cols.dense[:n], extras={k: v[:n] for k, v in cols.extras.items()},
+    )
+    write_split(tmp, "train", spec, head)
+    for entry in data.iterdir():  # the test split, vocab/ (Cartesian pair keys) and anything else, as is
+        if entry.name not in ("train", "schema.json"):
+            (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, tmp / entry.name)
+    schema.splits = {**schema.splits, "train": n}
+    schema.options = {**schema.options, "peers_max_train_samples": n, "peers_sliced_from": str(data)}
+    schema.save(tmp / "schema.json")
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    check = read_split(out, "train", Schema.load(out).spec)
+    if check.n != n or any(int(check.offsets[g][-1]) != e for g, e in ends.items()):
+        raise SystemExit(f"{out}: the sliced train split holds {check.n} rows, expected {n}")
     return out
+
+
+def peer_vocab(schema: Schema) -> dict[str, int]:
+    """{user, item, cate} -> rows of the embedding table each field uses (incl. index 0); also checks that the
+    spec is the peers' layout, so that canctr reads no feature the peers do not."""
+    spec = schema.spec
+    got = {f.name: f.kind for f in spec.fields if f.kind in ("categorical", "sequence")}
+    if got != PEER_FIELDS or spec.dense or spec.attention_group is None \
+            or spec.group_of("hist_item") != spec.group_of("hist_cate"):
+        raise SystemExit(f"the peers read exactly {sorted(PEER_FIELDS)} (hist_* one attention group), no dense field; "
+                         f"this data has {got}{' + dense' if spec.dense else ''}. Prepare it without extra "
+                         "features (e.g. `canctr prepare movielens` without --users, --genres first)")
+    return {name: schema.vocab_size(spec.field(name).table) for name in ("user", "item", "cate")}
+
+
+def export_padded(data: Path, out: Path) -> dict:
+    """Write the peers' padded copy of prepared directory `data` to `out`; returns its export.json.
+
+    Per split, `out/<split>/<field>.npy` for _common.FIELDS: label float32 [N]; user, item, cate, hist_len int32
+    [N]; hist_item, hist_cate, neg_hist_item, neg_hist_cate int32 [N, W], left-aligned, 0-padded, W = the
+    history group's max_len (or the longest stored history, if longer). DIEN's negatives are drawn once by
+    canctr's own BatchLoader (shuffle off, batches of EXPORT_BATCH, seed = the prepare seed), so both peers
+    train on the same draw. Arrays are filled batch by batch into memory-mapped files.
+    """
+    schema = Schema.load(data)
+    spec, vocab = schema.spec, peer_vocab(schema)
+    group = spec.attention_group
+    splits = {}
+    for split in ("train", "test"):
+        cols = read_split(data, split, spec)
+        splits[split] = {"rows": cols.n, "longest": int(cols.lengths(group).max()) if cols.n else 0}
+    width = max(spec.sequence_group(group).max_len, *(s["longest"] for s in splits.values()))
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for split in ("train", "test"):
+        cols = read_split(data, split, spec)
+        n = cols.n
+        (tmp / split).mkdir(parents=True)
+        arrays = {}
+        for name in c.FIELDS:
+            shape, dtype = ((n, width), np.int32) if name.startswith(("hist_", "neg_hist_")) and name != "hist_len" \
+                else ((n,), np.float32 if name == "label" else np.int32)
+            arrays[name] = np.lib.format.open_memmap(tmp / split / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+        loader = BatchLoader(cols, spec, batch_size=EXPORT_BATCH, shuffle=False, seed=schema.seed,
+                             negatives=(group,))
+        start = 0
+        for b in loader:
+            rows = slice(start, start + b.size)
+            arrays["label"][rows] = b.label.numpy()
+            for name in ("user", "item", "cate"):
+                arrays[name][rows] = b[name].numpy()
+            arrays["hist_len"][rows] = b.lengths[group].numpy()
+            for name in ("hist_item", "hist_cate"):
+                w = b[name].shape[1]
+                arrays[name][rows, :w] = b[name].numpy()
+                arrays[f"neg_{name}"][rows, :w] = b.negatives[name].numpy()  # beyond w: the file's zeros
+            start += b.size
+        if start != n:
+            raise SystemExit(f"export of {data}/{split}: the loader gave {start} rows, the split has {n}")
+        for a in arrays.values():
+            a.flush()
+        del arrays
+    meta = {"format": c.EXPORT_FORMAT, "source": str(data), "vocab": vocab, "width": width,
+            "splits": {k: v["rows"] for k, v in splits.items()}, "fields": list(c.FIELDS),
+            "negatives": {"group": group, "seed": schema.seed, "batch_size": EXPORT_BATCH,
+                          "drawn_by": "canctr.data.batch.BatchLoader(shuffle=False)"}}
+    (tmp / "export.json").write_text(json.dumps(meta, indent=2) + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return meta
 
 
 def peer_version(python: Path, dist: str) -> str:
@@ -167,6 +269,14 @@ def run_job(job: Job, args: argparse.Namespace, data: Path, logs: Path) -> dict:
           f"{result['epoch_samples_per_second']:,.0f} (epoch), AUC {result['test_auc']:.4f}, "
           f"{result['n_params']:,} params, load {load_before:.1f}", flush=True)
     return result
+
+
+def check_static_settings() -> None:
+    """Settings no model config exposes: DIN's activation unit sizes (layers/attention.py)."""
+    default = inspect.signature(TargetAttention.__init__).parameters["hidden"].default
+    if tuple(default) != c.ATTENTION_DIMS:
+        raise SystemExit(f"canctr's attention unit is {tuple(default)}, the peers' setting (_common.ATTENTION_DIMS) "
+                         f"is {c.ATTENTION_DIMS}; update _common.py so the comparison stays matched")
 
 
 def check_settings(results: list[dict]) -> None:
@@ -234,6 +344,8 @@ def markdown(report: dict) -> str:
         (f"Data `{m['data']}` ({m['train_samples']:,} train / {m['test_samples']:,} test samples, history width "
          f"{m['history_width']}); {m['repeats']} alternating repeat(s); {m['threads']} threads per run; "
          f"machine: {m['machine']}; {m['date']}."),
+        *([f"canctr trains on the prepared directory `{m['prepared']}`, the peers on its padded export "
+           f"`{m['export']}` (histories and DIEN's negatives padded to the full width)."] if m.get("export") else []),
         f"Versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}.",
         *([f"canctr model overrides (`--canctr-set`): {', '.join(m['canctr_set'])}; every other setting is the "
            "default."] if m.get("canctr_set") else []),
@@ -275,14 +387,21 @@ def markdown(report: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    # The workers (benchmarks/peers/_common.py) read the padded arrays of the prepared format v1, which the
-    # ragged store replaced; they need a padded export of the store (negatives included) before they run.
-    raise SystemExit(PORT_PENDING)
-    data, work = Path(args.data), Path(args.work)
+    source, work = Path(args.data), Path(args.work)
     (work / "logs").mkdir(parents=True, exist_ok=True)
-    data = sliced_data(data, args.max_train_samples, work)
-    schema = Schema.load(data)
-    n_train = schema.splits["train"]
+    check_static_settings()
+    peer_vocab(Schema.load(source))  # fail before slicing if the peers cannot read what canctr would
+    t0 = time.perf_counter()
+    data = sliced_data(source, args.max_train_samples, work)  # canctr trains on this prepared directory
+    n_train = Schema.load(data).splits["train"]
+    tag = source.absolute().name + (f"_train{n_train}" if data != source else "")
+    export = work / f"export_{tag}"  # ... and the peers on its padded copy
+    peers = [lib for lib in args.libraries if lib != "canctr"]
+    meta_export = export_padded(data, export) if peers else None
+    if meta_export:
+        print(f"padded export for the peers: {export} ({meta_export['splits']['train']:,} train / "
+              f"{meta_export['splits']['test']:,} test rows, width {meta_export['width']}; "
+              f"{time.perf_counter() - t0:.1f} s)", flush=True)
     for b in args.batch_sizes:
         if (steps := math.ceil(n_train / b)) <= args.warmup_batches:
             raise SystemExit(f"batch {b}: {n_train} training samples give {steps} steps, not more than "
@@ -306,13 +425,17 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(jobs)} runs on {data} ({n_train:,} train samples), {args.threads} threads each", flush=True)
     results = []
     for job in jobs:
-        results.append(run_job(job, args, data, work / "logs"))
+        results.append(run_job(job, args, data if job.library == "canctr" else export, work / "logs"))
         check_settings(results[-1:])  # stop at the first canctr run if the matched settings drifted
+        if results[-1]["train_samples"] != n_train:  # every library trains on the same rows
+            raise SystemExit(f"[{job.tag}] trained on {results[-1]['train_samples']} samples, expected {n_train}")
 
-    test = load_split(data, "test", mmap=True)
+    schema = Schema.load(data)
     report = {
-        "meta": {"data": str(data), "train_samples": n_train, "test_samples": int(test["label"].shape[0]),
-                 "history_width": int(test["hist_item"].shape[1]), "repeats": args.repeats,
+        "meta": {"data": str(source), "prepared": str(data), "export": str(export) if meta_export else None,
+                 "train_samples": n_train, "test_samples": schema.splits["test"],
+                 "history_width": meta_export["width"] if meta_export else schema.max_len(schema.spec.attention_group),
+                 "repeats": args.repeats,
                  "threads": args.threads, "warmup_batches": args.warmup_batches, "seed": args.seed,
                  "seed_per_repeat": args.seed_per_repeat,
                  "canctr_set": args.canctr_set,
@@ -347,7 +470,7 @@ def main() -> int:
     r = sub.add_parser("run", parents=[venv], help="measure and write OUT.json + OUT.md")
     r.add_argument("--data", required=True, help="a `canctr prepare` output directory")
     r.add_argument("--out", default="runs/peers/compare", help="results path without suffix")
-    r.add_argument("--work", default="runs/peers", help="sliced data and per-run logs")
+    r.add_argument("--work", default="runs/peers", help="sliced data, the peers' padded export and per-run logs")
     r.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     r.add_argument("--batch-sizes", nargs="+", type=int, default=[128, 1024])
     r.add_argument("--libraries", nargs="+", default=["canctr", *(p.name for p in PEERS)],

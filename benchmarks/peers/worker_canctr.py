@@ -1,7 +1,9 @@
 """canctr DIN / DIEN / CAN-DIEN through the library (canctr.train.loop.fit), timed like the peers' workers.
 
-Runs in canctr's own environment. Everything is canctr's default except batch size, epochs (1) and any
-`--set KEY=VALUE` model overrides (compare_peers.py --canctr-set); the run directory is temporary.
+Runs in canctr's own environment, on a prepared directory (not the peers' padded export: with
+--max-train-samples, compare_peers.py passes the sliced copy of the same rows). Everything is canctr's default
+except batch size, epochs (1) and any `--set KEY=VALUE` model overrides (compare_peers.py --canctr-set); the
+run directory is temporary. DIEN's auxiliary negatives are drawn by canctr's loader per batch.
 train_seconds / epoch_samples_per_second are fit's own figures (metrics.json's
 train_seconds / train_samples_per_second: the whole epoch loop, first batches included); samples_per_second
 is the steady figure measured as in every other worker (_common.StepClock).

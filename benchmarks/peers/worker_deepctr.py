@@ -1,4 +1,4 @@
-"""deepctr-torch 0.3.0 DIN / DIEN on canctr's prepared arrays; runs in the deepctr venv (no canctr import).
+"""deepctr-torch 0.3.0 DIN / DIEN on compare_peers.py's padded export; runs in the deepctr venv (no canctr import).
 
 Matched to canctr's defaults where deepctr-torch exposes the setting (see README.md for the rest):
 embedding 18 (histories and DIEN's negatives share the item / cate tables), DNN 200-80, attention

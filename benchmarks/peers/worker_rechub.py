@@ -1,4 +1,4 @@
-"""torch-rechub 0.9.0 DIN / DIEN on canctr's prepared arrays; runs in the rechub venv (no canctr import).
+"""torch-rechub 0.9.0 DIN / DIEN on compare_peers.py's padded export; runs in the rechub venv (no canctr import).
 
 Matched to canctr's defaults where torch-rechub exposes the setting (see README.md for the rest):
 embedding 18 (histories and DIEN's negatives share the item / cate tables through `shared_with`, row 0 is
