@@ -7,6 +7,7 @@
     canctr reproduce --data DIR [--models all|LIST] [--seeds 5] [--out REPORT_DIR]   grid + report.html
     canctr compare RUN_DIR... [--out FILE.md|.csv]
     canctr demo [--out DIR]                      synthetic co-action world: DNN/DIN/CAN vs the Bayes AUC
+    canctr export --run RUN_DIR --format onnx|torchscript --out DIR   model file + manifest.json + vocab/
 """
 
 from __future__ import annotations
@@ -123,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     from canctr.demo import register as register_demo
 
     register_demo(sub)
+
+    from canctr.serve.cli import register as register_export
+
+    register_export(sub)
     return parser
 
 

@@ -140,7 +140,8 @@ class CoAction(nn.Module):
         ind = induction.unsqueeze(1) if induction.dim() == 2 else induction  # [B, Li, P]
         B, L = mask.shape
         Li, Lf = ind.shape[1], feed.shape[1] if feed.dim() == 3 else -1
-        if (
+        exporting = torch.jit.is_tracing() or torch.compiler.is_exporting()  # symbolic shapes; eager checked them
+        if not exporting and (
             ind.shape != (B, Li, self.induction_dim)
             or feed.shape != (B, Lf, self.feed_dim)
             or L not in (Li, Lf)

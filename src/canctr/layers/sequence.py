@@ -6,6 +6,8 @@ positions [0, hist_len) are valid (mask [B, L] bool), hist_len may be 0.
 
 from __future__ import annotations
 
+import functools
+import warnings
 from collections.abc import Sequence
 from typing import Literal
 
@@ -39,8 +41,29 @@ class InterestExtractor(nn.Module):
             self.gru.bias_ih_l0[: 2 * H].fill_(1.0)  # reset and update gates
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        states, _ = self.gru(x)
+        # torch.export decomposes nn.GRU into a Python loop that fixes L; a scan keeps it dynamic (ONNX Scan)
+        states = _gru_scan_export(x, self.gru) if torch.compiler.is_exporting() else self.gru(x)[0]
         return states.masked_fill(~mask.unsqueeze(-1), 0.0)
+
+
+def _gru_scan_export(x: Tensor, gru: nn.GRU) -> Tensor:
+    """nn.GRU's forward (one layer, batch first, torch's gate order r, z, n) as torch's scan operator, for
+    torch.export: x [B, L, D] -> states [B, L, H]. The input projections of all steps are one matmul."""
+    from torch._higher_order_ops.scan import scan
+
+    H = gru.hidden_size
+    x_proj = torch.nn.functional.linear(x, gru.weight_ih_l0, gru.bias_ih_l0).transpose(0, 1)  # [L, B, 3H]
+    w_hh_t, b_hh = gru.weight_hh_l0.t(), gru.bias_hh_l0
+
+    def step(h: Tensor, xp: Tensor) -> tuple[Tensor, Tensor]:
+        hp = torch.addmm(b_hh, h, w_hh_t)  # [B, 3H]
+        r, z = torch.sigmoid(xp[:, : 2 * H] + hp[:, : 2 * H]).chunk(2, dim=-1)
+        n = torch.tanh(xp[:, 2 * H :] + r * hp[:, 2 * H :])
+        h = torch.lerp(n, h, z)  # (1 - z) * n + z * h
+        return h, h.clone()
+
+    _, states = scan(step, x.new_zeros(x.shape[0], H), x_proj)  # states [L, B, H]
+    return states.transpose(0, 1)
 
 
 class AUGRU(nn.Module):
@@ -79,8 +102,15 @@ class AUGRU(nn.Module):
         """x [B, L, D], attention [B, L], mask [B, L] bool -> final state [B, H]."""
         H = self.hidden_dim
         x_gates, x_cand = self.input_proj(x).split([2 * H, H], dim=-1)  # [B, L, 2H], [B, L, H]
-        return _AUGRUScan.apply(x_gates, x_cand, attention, mask, self.gate_proj.weight, self.cand_proj.weight,
-                                self.form == "paper")
+        paper = self.form == "paper"
+        if torch.compiler.is_exporting():  # torch.export / ONNX: a scan over time keeps L dynamic (ONNX Scan)
+            return _augru_scan_export(x_gates, x_cand, attention, mask, self.gate_proj.weight, self.cand_proj.weight,
+                                      paper)
+        if torch.jit.is_tracing():  # TorchScript: a scripted loop, or tracing would unroll it for one L
+            keep = (attention if paper else 1.0 - attention).unsqueeze(-1)
+            return _augru_loop()(x_gates, x_cand, keep, mask.unsqueeze(-1), self.gate_proj.weight.t(),
+                               self.cand_proj.weight.t(), paper)
+        return _AUGRUScan.apply(x_gates, x_cand, attention, mask, self.gate_proj.weight, self.cand_proj.weight, paper)
 
     def reference_forward(self, x: Tensor, attention: Tensor, mask: Tensor) -> Tensor:
         """The same recurrence step by step under autograd (the specification `_AUGRUScan` is tested against)."""
@@ -100,6 +130,58 @@ class AUGRU(nn.Module):
                 h_new = (1.0 - u) * h + u * c
             h = torch.where(mask[:, t, None], h_new, h)
         return h
+
+
+def _augru_step(h: Tensor, xg: Tensor, xc: Tensor, keep: Tensor, valid: Tensor, wg_t: Tensor, wc_t: Tensor,
+                paper: bool) -> Tensor:
+    """One AUGRU step (the same ops as `_AUGRUScan.forward`): h [B, H], xg [B, 2H], xc [B, H], keep [B, 1],
+    valid [B, 1] bool, wg_t [H, 2H], wc_t [H, H] -> the next state [B, H]."""
+    H = h.shape[1]
+    g = torch.sigmoid(torch.addmm(xg, h, wg_t))
+    c = torch.tanh(torch.addmm(xc, g[:, :H] * h, wc_t))
+    ue = g[:, H:] * keep
+    h_new = torch.lerp(h, c, ue) if paper else torch.lerp(c, h, ue)
+    return torch.where(valid, h_new, h)
+
+
+@functools.cache
+def _augru_loop():  # noqa: ANN202
+    """`_augru_loop_py` scripted, on first use (scripting warns that TorchScript is deprecated)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.script(_augru_loop_py)
+
+
+def _augru_loop_py(x_gates: Tensor, x_cand: Tensor, keep: Tensor, valid: Tensor, wg_t: Tensor, wc_t: Tensor,
+                   paper: bool) -> Tensor:
+    """The forward recurrence for TorchScript (scripted, tracing records the loop, so it runs any L):
+    x_gates [B, L, 2H], x_cand [B, L, H], keep [B, L, 1], valid [B, L, 1] bool -> h [B, H]."""
+    B, L, H = x_cand.shape
+    h = x_cand.new_zeros(B, H)
+    for t in range(L):
+        g = torch.sigmoid(torch.addmm(x_gates[:, t], h, wg_t))
+        c = torch.tanh(torch.addmm(x_cand[:, t], g[:, :H] * h, wc_t))
+        ue = g[:, H:] * keep[:, t]
+        h_new = torch.lerp(h, c, ue) if paper else torch.lerp(c, h, ue)
+        h = torch.where(valid[:, t], h_new, h)
+    return h
+
+
+def _augru_scan_export(x_gates: Tensor, x_cand: Tensor, attention: Tensor, mask: Tensor, w_gates: Tensor,
+                       w_cand: Tensor, paper: bool) -> Tensor:
+    """The forward recurrence as torch's scan operator (torch.export; the ONNX exporter emits a Scan), time-major."""
+    from torch._higher_order_ops.scan import scan
+
+    keep = (attention if paper else 1.0 - attention).unsqueeze(-1)  # [B, L, 1]
+    wg_t, wc_t = w_gates.t(), w_cand.t()
+
+    def step(h: Tensor, xs: tuple[Tensor, Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        h = _augru_step(h, *xs, wg_t, wc_t, paper)
+        return h, h.new_zeros(())  # scan needs a per-step output; a scalar costs nothing
+
+    xs = tuple(t.transpose(0, 1) for t in (x_gates, x_cand, keep, mask.unsqueeze(-1)))  # [L, B, ...]
+    h, _ = scan(step, x_cand.new_zeros(x_cand.shape[0], x_cand.shape[2]), xs)
+    return h
 
 
 class _AUGRUScan(torch.autograd.Function):

@@ -7,8 +7,9 @@ rows of the feed table + feed index, looked up with `torch.searchsorted` in the 
 training (a persistent int64 buffer); the id of a key is its rank + 1, and 0 is a pair unseen in training.
 The keys are read from the prepared data (`store.load_pair_keys`) when the schema was loaded from it;
 otherwise (a checkpoint rebuilt without its data) the buffer starts as zeros of the right size and
-`load_state_dict` fills it. The pair embeddings are masked-summed over the sequence side (the official
-code masks these sums too); a pair of two categorical fields has one position.
+`load_state_dict` fills it. Under export (ONNX, TorchScript) the lookup is an unrolled binary search with
+the same result (`_lower_bound`): ONNX has no searchsorted. The pair embeddings are masked-summed over the
+sequence side (the official code masks these sums too); a pair of two categorical fields has one position.
 
 Notation: B batch, L positions of the pair's sequence side, E embedding width.
 """
@@ -31,9 +32,25 @@ def pair_ids(keys: Tensor, key: Tensor) -> Tensor:
     """Ids of pair keys `key` [...] in the sorted keys [K]: rank + 1 where found, else 0."""
     if keys.numel() == 0:
         return torch.zeros_like(key)
-    pos = torch.searchsorted(keys, key)
+    exporting = torch.compiler.is_exporting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+    pos = _lower_bound(keys, key) if exporting else torch.searchsorted(keys, key)
     found = keys[pos.clamp(max=keys.numel() - 1)] == key
     return torch.where(found, pos + 1, torch.zeros_like(pos))
+
+
+def _lower_bound(keys: Tensor, key: Tensor) -> Tensor:
+    """torch.searchsorted(keys, key) (left) as m = bit_length(K) unrolled steps of a gather, a compare and a
+    select (ONNX has no searchsorted; K is fixed per model, so m is a constant): pos counts the keys < key,
+    grown by 2^(m-1), ..., 2, 1 where the key at pos + step - 1 is still smaller. The keys are padded to
+    2^m with int64's maximum, which is never smaller than a key."""
+    n = int(keys.shape[0])  # a constant of the model (a traced size is a tensor)
+    m = n.bit_length()
+    padded = torch.cat([keys, keys.new_full(((1 << m) - n,), torch.iinfo(keys.dtype).max)])  # [2^m]
+    pos = torch.zeros_like(key)
+    for j in range(m - 1, -1, -1):
+        cand = pos + (1 << j)
+        pos = torch.where(padded[cand - 1] < key, cand, pos)
+    return pos
 
 
 class CartesianPair(nn.Module):

@@ -185,7 +185,7 @@ class CoActionBlock(nn.Module):
             masks.append(batch.mask(group) if group is not None else torch.ones(B, 1, dtype=torch.bool,
                                                                                device=feed.device))
         n = len(self.sides)
-        if n > 1 and all(len({t.shape for t in parts}) == 1 for parts in (ind_parts, feed_parts, masks)):
+        if n > 1 and all(t.shape == parts[0].shape for parts in (ind_parts, feed_parts, masks) for t in parts[1:]):
             # same shapes (the public layout's item and cate pairs): one unit call over the pairs stacked on the
             # batch axis halves the number of small ops; per-sample math is unchanged. [n*B, ...] -> [B, n * S]
             out = self.unit(torch.cat(ind_parts), torch.cat(feed_parts), torch.cat(masks))
