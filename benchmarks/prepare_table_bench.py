@@ -9,6 +9,9 @@ that process's (wait4).
 
     python benchmarks/prepare_table_bench.py --rows 5000000 --runs 3 --stages \
         --md benchmarks/results/prepare_table_cpu.md
+
+With --baseline OLD/src (the src/ folder of another checkout, e.g. `git worktree add OLD 80ddaff`) every
+run is preceded by the same CLI run on that version, so a before/after pair shares the machine's state.
 """
 
 from __future__ import annotations
@@ -133,12 +136,13 @@ def generate(path: Path, rows: int, seed: int, chunk: int = 1 << 19) -> None:
         writer.close()
 
 
-def run_once(cmd: list[str]) -> tuple[float, int, float, str]:
+def run_once(cmd: list[str], src: str | None = None) -> tuple[float, int, float, str]:
     """(wall seconds, peak RSS in MB and CPU seconds (user + sys) of that child process alone (wait4), its
-    stdout)."""
+    stdout). `src`: import canctr from this source folder instead (PYTHONPATH)."""
+    env = None if src is None else {**os.environ, "PYTHONPATH": src}
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         t = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -205,6 +209,10 @@ def main() -> int:
     ap.add_argument("--stages", action="store_true", help="also time the stages in-process (see stages())")
     ap.add_argument("--work", help="folder for the file and outputs (default: a temporary one, removed)")
     ap.add_argument("--md", help="write the markdown report here")
+    ap.add_argument("--baseline", metavar="SRC", help="the src/ folder of an earlier checkout (e.g. a worktree of the "
+                    "commit before a change): each run also runs that version's CLI, alternating with this one, "
+                    "so machine drift hits both; its rows are reported as 'before'")
+    ap.add_argument("--baseline-label", default="baseline", help="name of the baseline in the report (e.g. a commit)")
     a = ap.parse_args()
     work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="canctr-table-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -219,18 +227,24 @@ def main() -> int:
         spec.write_text(SPEC.format(split=a.split) + (CARTESIAN if a.cartesian else ""))
         cmd = [sys.executable, "-m", "canctr.cli", "prepare", "table", "--spec", str(spec), "--input", str(data),
                "--out", str(work / "out")]
-        runs = []
+        runs, before = [], []
         for i in range(a.runs):
-            shutil.rmtree(work / "out", ignore_errors=True)
-            load = os.getloadavg()[0]
-            wall, peak, cpu, stdout = run_once(cmd)
-            runs.append((wall, peak, cpu, load))
-            print(f"run {i + 1}: {wall:.2f}s, {meta.num_rows / wall / 1e6:.2f} M rows/s, peak RSS {peak} MB, "
-                  f"CPU {cpu:.2f}s, load before {load:.2f}", flush=True)
+            for src, into in ((a.baseline, before), (None, runs)) if a.baseline else ((None, runs),):
+                shutil.rmtree(work / "out", ignore_errors=True)
+                load = os.getloadavg()[0]
+                wall, peak, cpu, stdout = run_once(cmd, src)
+                into.append((wall, peak, cpu, load))
+                print(f"run {i + 1}{' (' + a.baseline_label + ')' if src else ''}: {wall:.2f}s, "
+                      f"{meta.num_rows / wall / 1e6:.2f} M rows/s, peak RSS {peak} MB, CPU {cpu:.2f}s, "
+                      f"load before {load:.2f}", flush=True)
         where = stages(spec, data, work / "out") if a.stages else {}
         median = statistics.median(w for w, *_ in runs)
         peak = max(p for _, p, *_ in runs)
-        shown = " ".join(["python benchmarks/prepare_table_bench.py", *sys.argv[1:]])
+        argv = sys.argv[1:]
+        if a.baseline:  # no local paths in the record
+            argv = [f"<src of {a.baseline_label}>" if x == a.baseline else x for x in argv]
+        shown = " ".join(["python benchmarks/prepare_table_bench.py", *argv])
+        loads = [ld for *_, ld in runs + before]
         lines = [
             "# `canctr prepare table` throughput (CPU)",
             "",
@@ -242,19 +256,27 @@ def main() -> int:
             f"MiB, {meta.num_row_groups} row groups, generated in {gen_s:.1f}s); one list column, mean length "
             f"20; split by {a.split}{'; with the item x hist_item Cartesian keys' if a.cartesian else ''}.",
             "",
+            *([f"Each run is preceded by the same command on {a.baseline_label} (its src/ on PYTHONPATH), "
+               "alternating, so drift of the machine hits both.", ""] if a.baseline else []),
             "| run | wall (s) | rows/s | peak RSS (MB) | CPU user+sys (s) | 1-min load average before |",
             "|---|---|---|---|---|---|",
-            *(f"| {i + 1} | {w:.2f} | {meta.num_rows / w / 1e6:.2f} M | {p} | {c:.2f} | {ld:.2f} |"
-              for i, (w, p, c, ld) in enumerate(runs)),
+            *(f"| {i + 1}{' ' + a.baseline_label if rows is before else ''} | {w:.2f} | "
+              f"{meta.num_rows / w / 1e6:.2f} M | {p} | {c:.2f} | {ld:.2f} |"
+              for rows in ((before, runs) if a.baseline else (runs,)) for i, (w, p, c, ld) in enumerate(rows)),
             "",
+            *([f"Median of {a.baseline_label}: {statistics.median(w for w, *_ in before):.2f}s = "
+               f"{meta.num_rows / statistics.median(w for w, *_ in before) / 1e6:.2f} M rows/s, CPU "
+               f"{statistics.median(c for _, _, c, _ in before):.2f}s; peak RSS {max(p for _, p, *_ in before)} MB.",
+               ""] if a.baseline else []),
             f"Median: {median:.2f}s = **{meta.num_rows / median / 1e6:.2f} M rows/s** end to end (interpreter start, "
-            f"imports, sha256 of the input, both passes, every file written); peak RSS {peak} MB. "
+            f"imports, sha256 of the input, both passes, every file written), CPU "
+            f"{statistics.median(c for _, _, c, _ in runs):.2f}s; peak RSS {peak} MB. "
             f"Target 2 M rows/s: {'met' if meta.num_rows / median >= 2e6 else 'not met'}.",
             "",
             *([f"Other jobs shared the machine during these runs (1-min load average up to "
-               f"{max(ld for *_, ld in runs):.1f} before a run on {os.cpu_count()} cores), so the wall times "
+               f"{max(loads):.1f} before a run on {os.cpu_count()} cores), so the wall times "
                "are upper bounds; the CPU column is less sensitive to that.", ""]
-              if max(ld for *_, ld in runs) > 0.5 else []),
+              if max(loads) > 0.5 else []),
             *(["Where the time goes (one more run in the benchmark's own process, wall seconds; the passes "
                "overlap reading, writing and hashing on background threads):", "",
                "| stage | seconds |", "|---|---|", *(f"| {k} | {v:.2f} |" for k, v in where.items()), ""]

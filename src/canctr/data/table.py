@@ -21,13 +21,14 @@ Passes:
      distinct values; never per row in Python). The training rows' occurrences are counted per
      embedding table (with the position of each id's first appearance) and the dense fields' moments
      are accumulated. The provisional codes are spilled to DIR/.table-spill (raw binary, deleted at the
-     end) so the input is read once.
+     end) so the input is read once. Three threads: pyarrow decodes, one thread checks and codes, another
+     splits, counts and spills (numpy and pyarrow release the GIL in their array work).
   2. the vocabularies are fitted (train count descending, ties by first appearance in the training
      rows: row order, then the spec's field order, then sequence position oldest first; count <
      min_count -> 0), the spilled codes are remapped through one lookup table per embedding table,
-     dense values normalised, Cartesian pair keys collected from the training rows, and each split is
-     appended to a `store.SplitWriter`. vocab/<table>.json, vocab/pairs/*.npy and schema.json (last)
-     follow.
+     dense values normalised, Cartesian pair keys collected from the training rows (chunks on two
+     threads, merged in order), and each split is appended to a `store.SplitWriter`. vocab/<table>.json,
+     vocab/pairs/*.npy and schema.json (last) follow.
 
 Ids are normalised per embedding table: when every column of a table holds integers (int / list<int>)
 they are compared as integers, otherwise every column is cast to text (an integer 7 becomes "7"), so
@@ -57,8 +58,10 @@ from its first block (8 MiB), so a value of another JSON type later is an error 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import glob
+import itertools
 import os
 import queue
 import re
@@ -881,6 +884,19 @@ class _Checked:
     lists: dict[str, tuple[np.ndarray, np.ndarray, pa.Array]]
 
 
+@dataclass
+class _Encoded:
+    """One batch's kept rows, checked and encoded (pass 1, handed from _encode1 to _fit1)."""
+    n: int
+    rows: np.ndarray  # [n] int64 global row numbers (order of appearance, counting skipped rows too)
+    label: np.ndarray  # [n] float32
+    test: np.ndarray | None  # [n] bool (None: no split column / time cutoff known; every row is train)
+    dense: np.ndarray | None  # [n, D] float64 raw values, NaN = missing
+    group: np.ndarray  # [n] group codes (provisional; the row index when the spec has no group)
+    kept: dict[str, np.ndarray]  # sequence group -> [n] lengths after truncation to max_len
+    codes: dict[str, np.ndarray]  # sparse field -> provisional codes: [n] categorical, [sum(kept)] sequence
+
+
 class _Bad:
     """Row checks of one batch: (reason, mask, message of row i) in rule order."""
 
@@ -1005,6 +1021,7 @@ class _TablePrepare:
                 self.spills = {s: _Spill(spill_root, s) for s in SPLITS}
                 self._pass1()
                 self.writer.drain()
+                pa.default_memory_pool().release_unused()  # pass 2 reads no input: return pass 1's decode buffers
                 for s in SPLITS:
                     self.spills[s].close()
                 schema = self._pass2([d.result() for d in digests])
@@ -1025,7 +1042,7 @@ class _TablePrepare:
                     yield src, before, batch
                     before += batch.num_rows
 
-        return _prefetch(gen())
+        return _prefetch(gen(), depth=1)
 
     def _pass1(self) -> None:
         spec = self.spec
@@ -1057,11 +1074,22 @@ class _TablePrepare:
         self.kept = 0  # rows kept (the group index when the spec has no group)
         for src in self.sources:
             src.unparsed = 0  # count this pass's skipped CSV lines only (not the header peek's, nor pass 0's)
-        for src, before, batch in self._batches():
-            try:
-                self._batch1(src, before, batch)
-            except (pa.ArrowException, OverflowError) as e:  # a value pyarrow cannot convert: name the file
-                raise TableError(src.path, f"cannot encode the rows after row {before} ({e})") from None
+        # three stages on three threads, each batch handed on through a bounded queue: pyarrow decodes
+        # (_batches), _encode1 checks the rows and interns every id into provisional codes (the coders are
+        # touched by that thread alone), and this thread splits train / test, counts, tracks first
+        # appearances and moments (_fit1) and hands the spill to the writer thread. The heavy numpy and
+        # pyarrow calls release the GIL, so the stages overlap on two cores.
+        def encoded() -> Iterator[_Encoded]:
+            for src, before, batch in self._batches():
+                try:
+                    enc = self._encode1(src, before, batch)
+                except (pa.ArrowException, OverflowError) as e:  # a value pyarrow cannot convert: name the file
+                    raise TableError(src.path, f"cannot encode the rows after row {before} ({e})") from None
+                if enc is not None:
+                    yield enc
+
+        for enc in _prefetch(encoded(), depth=1):
+            self._fit1(enc)
         for src in self.sources:
             self.rows_by_file[str(src.path)] = self.rows_by_file.get(str(src.path), 0) + src.unparsed
             if src.unparsed:
@@ -1071,14 +1099,16 @@ class _TablePrepare:
             raise TableError(self.sources[0].path if len(self.sources) == 1 else "--input",
                              "no rows in the input" + ("s" if len(self.sources) > 1 else ""))
 
-    def _batch1(self, src: _Source, before: int, batch: pa.RecordBatch) -> None:
+    def _encode1(self, src: _Source, before: int, batch: pa.RecordBatch) -> _Encoded | None:
+        """Stage 2 of pass 1 (its own thread): check one batch's rows (raise, or drop and count the bad ones)
+        and encode its ids; None when no row is left."""
         n = batch.num_rows
         self.rows_read += n
         self.rows_by_file[str(src.path)] = self.rows_by_file.get(str(src.path), 0) + n
         row0 = self.row
         self.row += n
         if n == 0:
-            return
+            return None
         checked, bad = self._check(batch)
         rows = None
         if bad is not None:
@@ -1091,7 +1121,7 @@ class _TablePrepare:
             rows = row0 + np.flatnonzero(keep)
             batch = batch.filter(pa.array(keep))
             if batch.num_rows == 0:
-                return
+                return None
             checked, bad = self._check(batch)
             if bad is not None:  # pragma: no cover - the rows left passed every rule
                 raise RuntimeError(f"{src.path}: rows still bad after skipping the bad ones")
@@ -1100,52 +1130,22 @@ class _TablePrepare:
             rows = np.arange(row0, row0 + n, dtype=np.int64)
         spec = self.spec
         col = {name: batch.column(i) for i, name in enumerate(batch.schema.names)}
-        # the group column: GAUC codes (first appearance over every kept row) and the user split
+        # the group column: GAUC codes and the user split
         if spec.group:
             gcodes = self.group_coder.encode(col[spec.group])
-            self.group_first.add(gcodes, lambda pos: rows[pos], int(rows[0]), count=False)
             if spec.split.by == "user":
                 checked.test = self._user_test(gcodes)
         else:
             gcodes = np.arange(self.kept, self.kept + n, dtype=np.int64)
         self.kept += n
-        # the rows of each split, and of each split's sequence positions (None: every one)
-        test = checked.test
-        if test is None or not test.any():
-            masks: dict[str, np.ndarray | None] = {"train": None}
-        elif test.all():
-            masks = {"test": None}
-        else:
-            masks = {"train": ~test, "test": test}
-        kept = {}  # sequence group -> [n] lengths after truncation
-        for g in spec.sequences:
-            kept[g.name] = np.minimum(checked.lengths[spec.group_fields(g.name)[0].name], g.max_len)
-        elems = {s: {g: None if m is None else np.repeat(m, k) for g, k in kept.items()} for s, m in masks.items()}
-        out: dict[str, dict[str, np.ndarray]] = {s: {} for s in masks}
-        for s, m in masks.items():
-            out[s]["label"] = checked.label if m is None else checked.label[m]
-            out[s]["group"] = gcodes if m is None else gcodes[m]
-        fit = "train" in masks
-        if fit:
-            m = masks["train"]
-            at = rows if m is None else rows[m]  # the global row number of each training row
-            floor = int(at[0])
+        codes = {}
         for f in spec.categorical:
             if col[f.column].null_count:
                 self.null_seen.add(f.name)
-            codes = self._encode(f, col[f.column])
-            for s, m in masks.items():
-                out[s][f"id.{f.name}"] = codes if m is None else codes[m]
-            if fit and f.table in self.firsts:
-                S, slot = self.table_slots[f.table], self.slots[f.name]
-                self.firsts[f.table].add(out["train"][f"id.{f.name}"],
-                                         lambda pos, S=S, slot=slot: at[pos] * S + slot, floor * S)
+            codes[f.name] = self._encode(f, col[f.column])
+        kept = {}  # sequence group -> [n] lengths after truncation (the last max_len elements are kept)
         for g in spec.sequences:
-            keep = kept[g.name]
-            for s, m in masks.items():
-                out[s][f"len.{g.name}"] = keep if m is None else keep[m]
-            if fit:
-                off = _offsets(out["train"][f"len.{g.name}"])
+            kept[g.name] = keep = np.minimum(checked.lengths[spec.group_fields(g.name)[0].name], g.max_len)
             for f in spec.group_fields(g.name):
                 starts, lengths, values = checked.lists[f.name]
                 starts = starts + (lengths - keep)
@@ -1155,7 +1155,50 @@ class _TablePrepare:
                     flat = values.take(pa.array(_ragged_take(starts, keep)))
                 if flat.null_count:
                     self.null_seen.add(f.name)
-                codes = self._encode(f, flat)
+                codes[f.name] = self._encode(f, flat)
+        return _Encoded(n=n, rows=rows, label=checked.label, test=checked.test, dense=checked.dense, group=gcodes,
+                        kept=kept, codes=codes)
+
+    def _fit1(self, enc: _Encoded) -> None:
+        """Stage 3 of pass 1: split one encoded batch into train / test, count the training occurrences and
+        first appearances, accumulate the dense moments and spill both splits."""
+        spec, rows = self.spec, enc.rows
+        if spec.group:  # first appearance of each group over every kept row
+            self.group_first.add(enc.group, lambda pos: rows[pos], int(rows[0]), count=False)
+        # the rows of each split, and of each split's sequence positions (None: every one)
+        test = enc.test
+        if test is None or not test.any():
+            masks: dict[str, np.ndarray | None] = {"train": None}
+        elif test.all():
+            masks = {"test": None}
+        else:
+            masks = {"train": ~test, "test": test}
+        elems = {s: {g: None if m is None else np.repeat(m, k) for g, k in enc.kept.items()} for s, m in masks.items()}
+        out: dict[str, dict[str, np.ndarray]] = {s: {} for s in masks}
+        for s, m in masks.items():
+            out[s]["label"] = enc.label if m is None else enc.label[m]
+            out[s]["group"] = enc.group if m is None else enc.group[m]
+        fit = "train" in masks
+        if fit:
+            m = masks["train"]
+            at = rows if m is None else rows[m]  # the global row number of each training row
+            floor = int(at[0])
+        for f in spec.categorical:
+            codes = enc.codes[f.name]
+            for s, m in masks.items():
+                out[s][f"id.{f.name}"] = codes if m is None else codes[m]
+            if fit and f.table in self.firsts:
+                S, slot = self.table_slots[f.table], self.slots[f.name]
+                self.firsts[f.table].add(out["train"][f"id.{f.name}"],
+                                         lambda pos, S=S, slot=slot: at[pos] * S + slot, floor * S)
+        for g in spec.sequences:
+            keep = enc.kept[g.name]
+            for s, m in masks.items():
+                out[s][f"len.{g.name}"] = keep if m is None else keep[m]
+            if fit:
+                off = _offsets(out["train"][f"len.{g.name}"])
+            for f in spec.group_fields(g.name):
+                codes = enc.codes[f.name]
                 for s in masks:
                     e = elems[s][g.name]
                     out[s][f"seq.{f.name}"] = codes if e is None else codes[e]
@@ -1169,7 +1212,7 @@ class _TablePrepare:
                     self.firsts[f.table].add(out["train"][f"seq.{f.name}"], order, floor * S)
         if self.dense:
             for s, m in masks.items():
-                out[s]["dense"] = checked.dense if m is None else checked.dense[m]
+                out[s]["dense"] = enc.dense if m is None else enc.dense[m]
             if fit:
                 x = out["train"]["dense"]
                 for j, f in enumerate(self.dense):
@@ -1382,20 +1425,32 @@ class _TablePrepare:
                     split, self.spec, self.rows_read))
             samples[split], positives[split] = 0, 0
             seen_groups = np.zeros(self.group_coder.n + 1 if spec.group else 0, bool)
-            with SplitWriter(out, split, spec) as writer:
+            with SplitWriter(out, split, spec) as writer, ThreadPoolExecutor(max_workers=2) as pool:
+                # chunks are remapped on two threads (numpy releases the GIL in the lookups), at most two
+                # in flight; their tallies are merged and their appends queued here, in chunk order
+                pending: collections.deque = collections.deque()
                 try:
-                    for chunk in spill.read():
-                        cols = self._remap(chunk, split, luts, group_lut, norms, oov, max_len)
-                        if split == "train":
-                            for p in spec.cartesian:
-                                keyset, rows_feed = pair_sets[p.name]
-                                keyset.add(pair_keys(spec, cols, p.induction, p.feed, rows_feed))
-                        if spec.group:
-                            seen_groups[chunk["group"]] = True
-                        samples[split] += cols.n
-                        positives[split] += int(np.count_nonzero(cols.label))
-                        self.writer.submit(writer.append, cols)
+                    for chunk in itertools.chain(spill.read(), [None]):  # None: the end, drain what is left
+                        if chunk is not None:
+                            pending.append(pool.submit(self._remap, chunk, split, luts, group_lut, norms, pair_sets))
+                        while len(pending) > (1 if chunk is not None else 0):
+                            cols, tally, keys = pending.popleft().result()
+                            for name, k in tally["nulls"].items():
+                                self.nulls[split][name] += k
+                            for name, k in tally["oov"].items():
+                                oov[split][name] += k
+                            for name, k in tally["max_len"].items():
+                                max_len[split][name] = max(max_len[split][name], k)
+                            for name, k in keys.items():
+                                pair_sets[name][0].add(k)
+                            if spec.group:
+                                seen_groups[cols.group] = True
+                            samples[split] += cols.n
+                            positives[split] += int(np.count_nonzero(cols.label))
+                            self.writer.submit(writer.append, cols)
                 finally:
+                    for f in pending:
+                        f.cancel()
                     self.writer.drain()  # every append is done before the writer closes (or aborts)
             group_seen[split] = int(np.count_nonzero(seen_groups)) if spec.group else samples[split]
         distinct_keys = {name: ks.sorted() for name, (ks, _) in pair_sets.items()}
@@ -1439,33 +1494,38 @@ class _TablePrepare:
         return schema
 
     def _count(self, f: Field, split: str, codes: np.ndarray, idx: np.ndarray,
-               oov: dict[str, dict[str, int]]) -> None:
+               tally: dict[str, dict[str, int]]) -> None:
         """Nulls (code 0) and OOV ids (a code whose index is 0) of one field; skipped where they must be 0:
         no null was read, or training rows of a vocabulary with min_count 1, or a hashed table."""
         nulls = int(np.count_nonzero(codes == 0)) if f.name in self.null_seen else 0
-        self.nulls[split][f.name] += nulls
+        tally["nulls"][f.name] = nulls
         hashed = isinstance(self.coders[f.table], _Hashed)
         if not hashed and (split != "train" or f.min_count > 1):
-            oov[split][f.name] += int(np.count_nonzero(idx == 0)) - nulls
+            tally["oov"][f.name] = int(np.count_nonzero(idx == 0)) - nulls
 
     def _remap(self, chunk: dict[str, np.ndarray], split: str, luts: dict[str, np.ndarray],
                group_lut: np.ndarray | None, norms: dict[str, dict[str, float]],
-               oov: dict[str, dict[str, int]], max_len: dict[str, dict[str, int]]) -> Columns:
+               pair_sets: dict[str, tuple[_KeySet, int]]) -> tuple[Columns, dict[str, dict[str, int]],
+                                                                  dict[str, np.ndarray]]:
+        """One spilled chunk -> (its columns in the fitted indices, {nulls, oov, max_len: name -> count} of the
+        chunk, Cartesian pair keys of the chunk (training rows only)). Touches no shared state: chunks are
+        remapped on several threads."""
         spec = self.spec
         ids, values, offsets = {}, {}, {}
+        tally: dict[str, dict[str, int]] = {"nulls": {}, "oov": {}, "max_len": {}}
         for f in spec.categorical:
             codes = chunk[f"id.{f.name}"]
             ids[f.name] = idx = luts[f.table][codes]
-            self._count(f, split, codes, idx, oov)
+            self._count(f, split, codes, idx, tally)
         for g in spec.sequences:
             lens = chunk[f"len.{g.name}"].astype(np.int64, copy=False)
             offsets[g.name] = _offsets(lens)
             if lens.size:
-                max_len[split][g.name] = max(max_len[split][g.name], int(lens.max()))
+                tally["max_len"][g.name] = int(lens.max())
             for f in spec.group_fields(g.name):
                 codes = chunk[f"seq.{f.name}"]
                 values[f.name] = idx = luts[f.table][codes]
-                self._count(f, split, codes, idx, oov)
+                self._count(f, split, codes, idx, tally)
         group = chunk["group"] if group_lut is None else group_lut[chunk["group"]]
         dense = None
         if self.dense:
@@ -1478,7 +1538,12 @@ class _TablePrepare:
                 norm = norms[f.name]
                 x = np.where(np.isnan(x), norm["fill"], x)
                 dense[:, j] = (x - norm["shift"]) / norm["scale"]
-        return Columns(label=chunk["label"], group=group, ids=ids, offsets=offsets, values=values, dense=dense)
+        cols = Columns(label=chunk["label"], group=group, ids=ids, offsets=offsets, values=values, dense=dense)
+        keys = {}
+        if split == "train":
+            for p in spec.cartesian:
+                keys[p.name] = pair_keys(spec, cols, p.induction, p.feed, pair_sets[p.name][1])
+        return cols, tally, keys
 
 
 # -------------------------------------------------------------------------------------------- helpers
@@ -1638,8 +1703,26 @@ def prepare_table(
     paths = expand_inputs(inputs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    return _TablePrepare(spec, paths, out, list_sep=list_sep, skip_bad_rows=skip_bad_rows,
-                         batch_rows=batch_rows, fmt=input_format).run()
+    with _small_pages():
+        return _TablePrepare(spec, paths, out, list_sep=list_sep, skip_bad_rows=skip_bad_rows,
+                             batch_rows=batch_rows, fmt=input_format).run()
+
+
+@contextlib.contextmanager
+def _small_pages() -> Iterator[None]:
+    """numpy asks the kernel for transparent huge pages (madvise) on every array of 4 MiB or more. A prepare
+    allocates and frees such arrays (10-80 MB) batch after batch; glibc hands each one back to the kernel on
+    free, so the next batch's arrays are faulted in anew, and with THP defrag "madvise" (the kernel default)
+    each 2 MiB fault compacts and zeroes memory synchronously. Off for the duration of a prepare (restored
+    afterwards): ~0.8 s less system time per 5 M rows (benchmarks/results/prepare_table_cpu.md). pyarrow's
+    own pool keeps its memory and is left alone (its jemalloc pool measured worse: more 4 KiB faults)."""
+    switch = getattr(getattr(np, "_core", np).multiarray, "_set_madvise_hugepage", None)
+    previous = switch(False) if switch is not None else None
+    try:
+        yield
+    finally:
+        if switch is not None:
+            switch(previous)
 
 
 def format_table_summary(schema: Schema, seconds: float | None = None) -> str:
