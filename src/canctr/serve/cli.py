@@ -1,4 +1,5 @@
-"""`canctr export --run RUN_DIR --format onnx|torchscript --out DIR [--data DIR] [--force]`."""
+"""`canctr export --run RUN_DIR --format onnx|torchscript --out DIR [--data DIR] [--force]` and
+`canctr serve --run RUN_DIR [--engine torch|onnx] [--export DIR] [--host H --port P --workers N] [limits]`."""
 
 from __future__ import annotations
 
@@ -19,6 +20,48 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import atexit
+    import os
+    import shutil
+    import sys
+
+    try:
+        import uvicorn
+
+        from canctr.serve.app import Loaded, create_app
+    except ImportError as e:
+        raise ValueError(f"canctr serve needs fastapi and uvicorn (pip install -e '.[serve]'): {e}") from None
+    from canctr.serve.scorer import Limits, ServeConfig, export_for_workers
+
+    for flag in ("workers", "port", "max_candidates", "max_history", "max_batch", "max_body_bytes"):
+        if getattr(args, flag) < (0 if flag == "port" else 1):
+            raise ValueError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
+    if args.export and args.engine != "onnx":
+        raise ValueError("--export is an ONNX export directory: use it with --engine onnx")
+    config = ServeConfig(run=args.run, engine=args.engine, export=args.export, data=args.data, workers=args.workers,
+                         limits=Limits(max_candidates=args.max_candidates, max_history=args.max_history,
+                                       max_batch=args.max_batch, max_body_bytes=args.max_body_bytes))
+    common = dict(host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=30)
+    if args.workers == 1:
+        loaded = Loaded.load(config)  # a bad run fails here, before the port is bound
+        info = loaded.scorer.info
+        print(f"canctr serve: {info['model']} ({info['engine']}, checkpoint {info['checkpoint']['sha256'][:12]}) "
+              f"on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
+        uvicorn.run(create_app(config, loaded=loaded), **common)
+        return 0
+    if args.engine == "torch":
+        Loaded.load(config)  # check the run once here, before the workers start (onnx: the export checks it)
+    config, tmp = export_for_workers(config)
+    if tmp:
+        atexit.register(shutil.rmtree, tmp, True)
+    os.environ["CANCTR_SERVE_CONFIG"] = config.to_json()
+    print(f"canctr serve: {args.workers} workers on http://{args.host}:{args.port} (SIGHUP reloads them)",
+          file=sys.stderr, flush=True)
+    uvicorn.run("canctr.serve.app:app_from_env", factory=True, workers=args.workers, **common)
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a trained run to ONNX or TorchScript with a manifest")
     p.add_argument("--run", required=True, help="run directory (has checkpoint/)")
@@ -27,3 +70,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=None, help="prepared data directory (default: the run's config.json)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
     p.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("serve", help="serve a trained run over HTTP (FastAPI + uvicorn): POST /v1/score")
+    s.add_argument("--run", required=True, help="run directory (has checkpoint/)")
+    s.add_argument("--engine", choices=["torch", "onnx"], default="torch",
+                   help="eager torch, or ONNX Runtime (the run is exported at start unless --export)")
+    s.add_argument("--export", default=None, help="--engine onnx: an existing `canctr export --format onnx` directory")
+    s.add_argument("--data", default=None, help="prepared data whose vocabularies to use (default: the run's)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--workers", type=int, default=1, help="worker processes (each loads the model)")
+    s.add_argument("--max-candidates", type=int, default=1000, help="candidates per user (default 1000)")
+    s.add_argument("--max-history", type=int, default=1000,
+                   help="ids per sequence field in a request (default 1000; the last max_len are used)")
+    s.add_argument("--max-batch", type=int, default=64, help="users per /v1/score/batch request (default 64)")
+    s.add_argument("--max-body-bytes", type=int, default=4 << 20, help="request body size (default 4 MiB)")
+    s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    s.set_defaults(func=cmd_serve)
