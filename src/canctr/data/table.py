@@ -221,7 +221,7 @@ def _kind(t: pa.DataType) -> str:
     return f"other:{t}"
 
 
-class _Source:
+class TableSource:
     """One input file: its column types and its record batches (pyarrow errors become TableError)."""
 
     def __init__(self, path: Path, *, skip_bad_rows: bool, batch_rows: int, fmt: str | None = None) -> None:
@@ -946,7 +946,7 @@ class _TablePrepare:
             raise SpecError("split.by = 'user' needs the top-level `group` column (whose values are the users)")
         self.spec, self.out = spec, out
         self.list_sep, self.skip = list_sep, skip_bad_rows
-        self.sources = [_Source(p, skip_bad_rows=skip_bad_rows, batch_rows=batch_rows, fmt=fmt) for p in paths]
+        self.sources = [TableSource(p, skip_bad_rows=skip_bad_rows, batch_rows=batch_rows, fmt=fmt) for p in paths]
         self.dense = spec.dense
         self.rows_read = 0
         self.rows_by_file: dict[str, int] = {}
@@ -1032,10 +1032,10 @@ class _TablePrepare:
                 shutil.rmtree(spill_root, ignore_errors=True)
         return schema
 
-    def _batches(self) -> Iterator[tuple[_Source, int, pa.RecordBatch]]:
+    def _batches(self) -> Iterator[tuple[TableSource, int, pa.RecordBatch]]:
         """(source, rows of that file before the batch, batch) over every input, prefetched."""
 
-        def gen() -> Iterator[tuple[_Source, int, pa.RecordBatch]]:
+        def gen() -> Iterator[tuple[TableSource, int, pa.RecordBatch]]:
             for src in self.sources:
                 before = 0
                 for batch in src.batches(self.columns):
@@ -1099,7 +1099,7 @@ class _TablePrepare:
             raise TableError(self.sources[0].path if len(self.sources) == 1 else "--input",
                              "no rows in the input" + ("s" if len(self.sources) > 1 else ""))
 
-    def _encode1(self, src: _Source, before: int, batch: pa.RecordBatch) -> _Encoded | None:
+    def _encode1(self, src: TableSource, before: int, batch: pa.RecordBatch) -> _Encoded | None:
         """Stage 2 of pass 1 (its own thread): check one batch's rows (raise, or drop and count the bad ones)
         and encode its ids; None when no row is left."""
         n = batch.num_rows
@@ -1753,5 +1753,21 @@ def format_table_summary(schema: Schema, seconds: float | None = None) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["BATCH_ROWS", "TableError", "expand_inputs", "format_table_summary", "input_format", "prepare_table",
-           "stable_hash"]
+__all__ = ["BATCH_ROWS", "TableError", "TableSource", "as_floats", "as_lists", "expand_inputs", "format_table_summary",
+           "input_format", "prepare_table", "stable_hash"]
+
+
+# ---------------------------------------------------------------------------------- for scoring new rows
+
+
+def as_lists(arr: pa.Array, sep: str = "|") -> pa.LargeListArray:
+    """A sequence column as prepare reads it: a list column as it is, text split by `sep`; a null or empty
+    value is an empty list. Used by batch scoring (`canctr predict`) to read inputs exactly as prepare did."""
+    starts, lengths, values = _lists(arr, sep)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return pa.LargeListArray.from_arrays(pa.array(offsets), values.take(pa.array(_ragged_take(starts, lengths))))
+
+
+def as_floats(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """A dense column as prepare reads it: ([n] float64, NaN where missing; [n] bool, text that is no number)."""
+    return _to_float(arr)

@@ -1,5 +1,6 @@
 """`canctr export --run RUN_DIR --format onnx|torchscript --out DIR [--data DIR] [--force]` and
-`canctr serve --run RUN_DIR [--engine torch|onnx] [--export DIR] [--host H --port P --workers N] [limits]`."""
+`canctr serve --run RUN_DIR [--engine torch|onnx] [--export DIR] [--host H --port P --workers N] [limits]` and
+`canctr predict --run RUN_DIR --input PATH... --out scores.parquet [--engine torch|onnx] [--batch-size N]`."""
 
 from __future__ import annotations
 
@@ -62,6 +63,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from canctr.serve.predict import format_summary, predict
+
+    summary = predict(args.run, args.input, args.out, engine=args.engine, export_dir=args.export, data=args.data,
+                      batch_size=args.batch_size, fmt=args.format, list_sep=args.list_sep, keep=args.keep,
+                      progress=not args.no_progress)
+    print(format_summary(summary))
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a trained run to ONNX or TorchScript with a manifest")
     p.add_argument("--run", required=True, help="run directory (has checkpoint/)")
@@ -87,3 +98,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--max-body-bytes", type=int, default=4 << 20, help="request body size (default 4 MiB)")
     s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     s.set_defaults(func=cmd_serve)
+    p = sub.add_parser("predict", help="score new rows of raw ids with a trained run (Parquet out)")
+    p.add_argument("--run", required=True, help="run directory (has checkpoint/)")
+    p.add_argument("--input", required=True, nargs="+", help="Parquet, CSV / TSV or JSON-lines files or globs")
+    p.add_argument("--out", required=True, help="output Parquet file: the kept columns and `score`, in input order")
+    p.add_argument("--engine", default="torch", choices=["torch", "onnx"], help="eager torch or ONNX Runtime")
+    p.add_argument("--export", default=None, help="an ONNX export of the run (canctr export) for --engine onnx "
+                                                  "(default: exported on the fly)")
+    p.add_argument("--data", default=None, help="prepared data directory with the vocabularies "
+                                                "(default: the run's config.json)")
+    p.add_argument("--batch-size", type=int, default=4096, help="rows per scored batch (memory is bounded by it)")
+    p.add_argument("--format", default=None, help="input format when the file name does not say it "
+                                                  "(parquet, csv, tsv, json)")
+    p.add_argument("--list-sep", default="|", help="separator of sequence ids in text inputs (as at prepare)")
+    p.add_argument("--keep", nargs="*", default=None, metavar="COLUMN",
+                   help="input columns copied beside the score (default: the spec's group and label columns)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_predict)
