@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
+from canctr.cli.data import register
 from canctr.data import BatchLoader, Schema
-from canctr.data.cli_prepare import register
 from canctr.data.formats.amazon import prepare_amazon
 from canctr.data.formats.dien import prepare_dien, read_vocab_pickle
 from canctr.data.formats.sequences import prepare_sequences

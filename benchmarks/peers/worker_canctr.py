@@ -17,7 +17,7 @@ import time
 
 import _common as c
 
-from canctr.cli import parse_overrides
+from canctr.cli.args import parse_overrides
 from canctr.models import make_config
 from canctr.train.loop import TrainConfig, fit
 

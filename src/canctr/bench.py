@@ -7,12 +7,13 @@ on CPU, max allocated on GPU) is its own. Measured:
     loader     the BatchLoader alone (samples/s), to show data loading is not the bottleneck
     pipeline   `canctr prepare amazon` on a generated McAuley-format file (reviews/s end to end, peak memory of
                all its processes)
-Results: benchmarks/results/bench_<device>.json and .md (or --out).
+`run` measures the sections and returns one record; `to_markdown` and `write_results` write it. The command
+(`canctr.cli.bench`) writes benchmarks/results/bench_<device>.json and .md (or --out). Nothing here needs a
+source checkout: the pipeline's input comes from `canctr.data.gen_amazon`, which ships with the package.
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import os
@@ -20,13 +21,13 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from canctr.config import add_optimizer_argument
 from canctr.data.batch import Batch, BatchLoader, load_split
 from canctr.data.schema import Schema
 from canctr.env import machine_description
@@ -223,8 +224,8 @@ def pipeline_cell(reviews: int, workdir: str) -> dict[str, Any]:
     work = Path(workdir)
     raw = work / f"amazon_{reviews}"
     if not (raw / "reviews.json").exists():
-        gen = Path(__file__).resolve().parents[2] / "benchmarks" / "gen_amazon.py"
-        subprocess.run([sys.executable, str(gen), "--reviews", str(reviews), "--out", str(raw)], check=True)
+        subprocess.run([sys.executable, "-m", "canctr.data.gen_amazon", "--reviews", str(reviews), "--out", str(raw)],
+                       check=True)
     out = work / f"amazon_{reviews}_prepared"
     cmd = [sys.executable, "-m", "canctr.cli", "prepare", "amazon", "--reviews", str(raw / "reviews.json"),
            "--meta", str(raw / "meta.json"), "--out", str(out)]
@@ -249,33 +250,39 @@ def _in_subprocess(fn: str, **kwargs: Any) -> dict[str, Any]:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    dev = resolve_device(args.device)
-    big = args.large_batch or (4096 if dev.type == "cuda" else 1024)
+def run(data: str, *, models: Sequence[str] = DEFAULT_MODELS, device: str = "auto", large_batch: int = 0,
+        optimizer: str = "adam", warmup: int = 10, steps: int = 100, candidates: int = 100, requests: int = 300,
+        pipeline_reviews: Sequence[int] = (), sections: Sequence[str] = SECTIONS, workdir: str = "/tmp/canctr-bench",
+        command: str = "") -> dict[str, Any]:
+    """Measure `sections` (each training, inference and loader cell in a fresh interpreter; see the module
+    docstring) and print one line per cell; the record `to_markdown` renders. large_batch 0: 1024 on CPU,
+    4096 on GPU; command: how the run was asked for, kept in the record."""
+    dev = resolve_device(device)
+    big = large_batch or (4096 if dev.type == "cuda" else 1024)
     result: dict[str, Any] = {
-        "command": "canctr bench " + " ".join(args.argv), "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": machine_description(dev), "device": str(dev), "data": args.data,
-        "dataset": Schema.load(args.data).dataset, "train": [], "infer": [], "loader": [], "pipeline": [],
+        "command": command, "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": machine_description(dev), "device": str(dev), "data": data,
+        "dataset": Schema.load(data).dataset, "train": [], "infer": [], "loader": [], "pipeline": [],
     }
-    for model in args.models if "train" in args.sections else ():
+    for model in models if "train" in sections else ():
         for bs in (128, big):
-            cell = _in_subprocess("train_cell", data=args.data, model_name=model, batch_size=bs, device=args.device,
-                                  warmup=args.warmup, steps=args.steps, optimizer=args.optimizer)
+            cell = _in_subprocess("train_cell", data=data, model_name=model, batch_size=bs, device=device,
+                                  warmup=warmup, steps=steps, optimizer=optimizer)
             print(f"train  {model:<10} batch {bs:>5}: {cell['samples_per_second']:>10,.0f} samples/s  "
                   f"{cell['step_ms']:.2f} ms/step  peak {cell['peak_memory_mb']:,.0f} MB", flush=True)
             result["train"].append(cell)
-    for model in args.models if "infer" in args.sections else ():
-        cell = _in_subprocess("infer_cell", data=args.data, model_name=model, device=args.device,
-                              candidates=args.candidates, requests=args.requests, bulk_batch=big)
-        print(f"infer  {model:<10} 1x{args.candidates}: p50 {cell['latency_p50_ms']:.2f} ms  p99 "
+    for model in models if "infer" in sections else ():
+        cell = _in_subprocess("infer_cell", data=data, model_name=model, device=device,
+                              candidates=candidates, requests=requests, bulk_batch=big)
+        print(f"infer  {model:<10} 1x{candidates}: p50 {cell['latency_p50_ms']:.2f} ms  p99 "
               f"{cell['latency_p99_ms']:.2f} ms; bulk {cell['bulk_samples_per_second']:,.0f} samples/s", flush=True)
         result["infer"].append(cell)
-    for bs in (128, big) if "loader" in args.sections else ():
-        cell = _in_subprocess("loader_cell", data=args.data, device=args.device, batch_size=bs)
+    for bs in (128, big) if "loader" in sections else ():
+        cell = _in_subprocess("loader_cell", data=data, device=device, batch_size=bs)
         print(f"loader batch {bs}: {cell['samples_per_second']:,.0f} samples/s", flush=True)
         result["loader"].append(cell)
-    for n in args.pipeline_reviews if "pipeline" in args.sections else ():
-        cell = pipeline_cell(n, args.workdir)
+    for n in pipeline_reviews if "pipeline" in sections else ():
+        cell = pipeline_cell(n, workdir)
         print(f"pipeline {cell['reviews']:,} reviews: {cell['reviews_per_second']:,.0f} reviews/s, "
               f"peak memory {cell['peak_memory_mb']:,.0f} MB", flush=True)
         result["pipeline"].append(cell)
@@ -319,37 +326,9 @@ def to_markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("bench", help="training/inference/loader/pipeline throughput and memory")
-    p.add_argument("--data", required=True, help="prepared directory")
-    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
-    p.add_argument("--device", default="auto")
-    p.add_argument("--large-batch", type=int, default=0, help="second batch size (default 1024 CPU, 4096 GPU)")
-    add_optimizer_argument(p)
-    p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--candidates", type=int, default=100)
-    p.add_argument("--requests", type=int, default=300)
-    p.add_argument("--pipeline-reviews", type=int, nargs="*", default=[],
-                   help="also time `prepare amazon` on generated files of N reviews (several N: memory scaling)")
-    p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="what to measure")
-    p.add_argument("--workdir", default="/tmp/canctr-bench", help="where generated raw files are cached")
-    p.add_argument("--out", default=None, help="results file stem (default benchmarks/results/bench_<device>)")
-    p.set_defaults(func=cmd_bench)
-
-
 def write_results(stem: str | Path, data: dict[str, Any], markdown: str) -> None:
     """A benchmark's record: STEM.json (the numbers) and STEM.md (the table, with its command)."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n")
     stem.with_suffix(".md").write_text(markdown.rstrip("\n") + "\n")
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    args.argv = sys.argv[2:]
-    r = run(args)
-    stem = Path(args.out or f"benchmarks/results/bench_{torch.device(r['device']).type}")
-    write_results(stem, r, to_markdown(r))
-    print(f"wrote {stem}.json and {stem}.md")
-    return 0

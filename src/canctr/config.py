@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import typing
 from typing import Any, TypeVar
@@ -120,10 +119,6 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-OPTIMIZERS: tuple[str, ...] = ("adam", "lazy_adam")  # see train/optim.py (kept here: no torch import)
+# see train/optim.py (kept here: no torch import; canctr.cli.args.add_optimizer_argument offers them as --optimizer)
+OPTIMIZERS: tuple[str, ...] = ("adam", "lazy_adam")
 
-
-def add_optimizer_argument(parser: argparse.ArgumentParser) -> None:
-    """`--optimizer`, the same for train, reproduce and bench."""
-    parser.add_argument("--optimizer", default="adam", choices=OPTIMIZERS,
-                        help="adam: dense (the official code's); lazy_adam: only the embedding rows a batch touches")

@@ -11,10 +11,11 @@
     encode.py            encode + write: vocabularies, store, pair keys, schema.json
     summary.py           the lines `canctr prepare` prints
     random_data.py       random data of any spec (benchmarks)
+    gen_amazon.py        a raw McAuley-format Amazon file of any size (`canctr bench`'s pipeline section)
     table.py             `canctr prepare table`: any Parquet / CSV / JSON-lines table under a spec
-    cli_prepare.py       the `canctr prepare` subcommands
 
-The names below load on first use, so that `canctr prepare` (numpy only) never imports torch.
+The names below load on first use, so that `canctr prepare` (numpy only; its argparse wiring is canctr.cli.data)
+never imports torch.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """`canctr reproduce` and `canctr compare`: argparse wiring over `canctr.report`.
 
-`canctr.cli` calls `register(sub)` with its subparsers; each command sets `func(args) -> int`.
+`canctr.cli.main` calls `register(sub)` with its subparsers; each command sets `func(args) -> int`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,13 @@ import json
 import shlex
 from pathlib import Path
 
-from canctr.config import add_optimizer_argument
+from canctr.cli.args import (
+    add_device_argument,
+    add_no_progress_argument,
+    add_optimizer_argument,
+    add_set_argument,
+    parse_overrides,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,20 +32,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--models", default="all", help="'all' (every registered model) or a comma list, e.g. dnn,can-dnn")
     p.add_argument("--seeds", default="5", help="a count N (seeds 1..N) or a comma list, e.g. 1,2,3")
     p.add_argument("--out", default=None, help="report directory (default: reports/<data dir name>)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    add_device_argument(p)
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     add_optimizer_argument(p)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="model config override (JSON value), e.g. --set mlp=[64,32]; applied to every model whose "
+    add_set_argument(p, "model config override (JSON value), e.g. --set mlp=[64,32]; applied to every model whose "
                         "config has KEY, an error when none has it")
     p.add_argument("--eval-every", type=int, default=None,
                    help="steps between held-out evaluations for the AUC curves (default: about 1/4 epoch; 0: "
                         "only at epoch ends)")
     p.add_argument("--checkpoint-every", type=int, default=None,
                    help="steps between resumable checkpoints (default: about 1/4 epoch; 0: epoch ends only)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_no_progress_argument(p, "no progress bars")
     p.set_defaults(func=cmd_reproduce)
 
     p = subparsers.add_parser("compare", help="a table of finished runs: mean ± std per model over seeds")
@@ -49,7 +54,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from canctr.cli import parse_overrides
     from canctr.report.experiments import Grid, default_train_settings, parse_seeds, reproduce, resolve_models
 
     data = Path(args.data).resolve()

@@ -1,11 +1,13 @@
 """`canctr export --run RUN_DIR --format onnx|torchscript --out DIR [--data DIR] [--force]` and
 `canctr serve --run RUN_DIR [--engine torch|onnx] [--export DIR] [--host H --port P --workers N] [limits]` and
-`canctr predict --run RUN_DIR --input PATH... --out scores.parquet [--engine torch|onnx] [--batch-size N]`."""
+`canctr predict --run RUN_DIR --input PATH... --out scores.parquet [--engine torch|onnx] [--batch-size N]`:
+argparse wiring over `canctr.serve` (export.py, predict.py, scorer.py, app.py)."""
 
 from __future__ import annotations
 
 import argparse
 
+from canctr.cli.args import add_no_progress_argument
 from canctr.serve.export import FORMATS
 
 
@@ -74,6 +76,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add `export`, `serve` and `predict` to the `canctr` subcommands."""
     p = sub.add_parser("export", help="export a trained run to ONNX or TorchScript with a manifest")
     p.add_argument("--run", required=True, help="run directory (has checkpoint/)")
     p.add_argument("--format", required=True, metavar="FORMAT", help=f"one of {', '.join(FORMATS)}")
@@ -113,5 +116,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--list-sep", default="|", help="separator of sequence ids in text inputs (as at prepare)")
     p.add_argument("--keep", nargs="*", default=None, metavar="COLUMN",
                    help="input columns copied beside the score (default: the spec's group and label columns)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_no_progress_argument(p)
     p.set_defaults(func=cmd_predict)

@@ -1,7 +1,8 @@
-"""`canctr prepare {amazon,sequences,dien,movielens,taobao,synthetic}`: argparse wiring over the pipelines.
+"""`canctr prepare {amazon,sequences,dien,movielens,taobao,synthetic,table}`: argparse wiring over the pipelines.
 
-`canctr.cli` calls `register(sub)` with its subparsers; each leaf sets `func(args) -> int`, which runs
+`canctr.cli.main` calls `register(sub)` with its subparsers; each leaf sets `func(args) -> int`, which runs
 the pipeline, prints a short summary and returns 0, or prints the error and returns 2 for bad input.
+numpy and canctr.data only: `canctr prepare` never imports torch (pyarrow only for `prepare table`).
 """
 
 from __future__ import annotations
