@@ -136,9 +136,9 @@ def generate(path: Path, rows: int, seed: int, chunk: int = 1 << 19) -> None:
         writer.close()
 
 
-def run_once(cmd: list[str], src: str | None = None) -> tuple[float, int, float, str]:
-    """(wall seconds, peak RSS in MB and CPU seconds (user + sys) of that child process alone (wait4), its
-    stdout). `src`: import canctr from this source folder instead (PYTHONPATH)."""
+def run_once(cmd: list[str], src: str | None = None) -> tuple[float, int, float, float, int, str]:
+    """(wall seconds, peak RSS in MB, CPU seconds (user + sys), system seconds and minor page faults of that child
+    process alone (wait4), its stdout). `src`: import canctr from this source folder instead (PYTHONPATH)."""
     env = None if src is None else {**os.environ, "PYTHONPATH": src}
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         t = time.perf_counter()
@@ -150,7 +150,8 @@ def run_once(cmd: list[str], src: str | None = None) -> tuple[float, int, float,
         err.seek(0)
         if proc.returncode:
             sys.exit(f"prepare table failed ({proc.returncode}):\n{err.read()}")
-        return wall, usage.ru_maxrss // 1024, usage.ru_utime + usage.ru_stime, out.read()
+        return (wall, usage.ru_maxrss // 1024, usage.ru_utime + usage.ru_stime, usage.ru_stime, usage.ru_minflt,
+                out.read())
 
 
 def stages(spec: Path, data: Path, out: Path) -> dict[str, float]:
@@ -232,11 +233,11 @@ def main() -> int:
             for src, into in ((a.baseline, before), (None, runs)) if a.baseline else ((None, runs),):
                 shutil.rmtree(work / "out", ignore_errors=True)
                 load = os.getloadavg()[0]
-                wall, peak, cpu, stdout = run_once(cmd, src)
-                into.append((wall, peak, cpu, load))
+                wall, peak, cpu, sys_s, faults, stdout = run_once(cmd, src)
+                into.append((wall, peak, cpu, load, sys_s, faults))
                 print(f"run {i + 1}{' (' + a.baseline_label + ')' if src else ''}: {wall:.2f}s, "
-                      f"{meta.num_rows / wall / 1e6:.2f} M rows/s, peak RSS {peak} MB, CPU {cpu:.2f}s, "
-                      f"load before {load:.2f}", flush=True)
+                      f"{meta.num_rows / wall / 1e6:.2f} M rows/s, peak RSS {peak} MB, CPU {cpu:.2f}s "
+                      f"(sys {sys_s:.2f}s), {faults:,} minor faults, load before {load:.2f}", flush=True)
         where = stages(spec, data, work / "out") if a.stages else {}
         median = statistics.median(w for w, *_ in runs)
         peak = max(p for _, p, *_ in runs)
@@ -244,7 +245,7 @@ def main() -> int:
         if a.baseline:  # no local paths in the record
             argv = [f"<src of {a.baseline_label}>" if x == a.baseline else x for x in argv]
         shown = " ".join(["python benchmarks/prepare_table_bench.py", *argv])
-        loads = [ld for *_, ld in runs + before]
+        loads = [r[3] for r in runs + before]
         lines = [
             "# `canctr prepare table` throughput (CPU)",
             "",
@@ -258,19 +259,22 @@ def main() -> int:
             "",
             *([f"Each run is preceded by the same command on {a.baseline_label} (its src/ on PYTHONPATH), "
                "alternating, so drift of the machine hits both.", ""] if a.baseline else []),
-            "| run | wall (s) | rows/s | peak RSS (MB) | CPU user+sys (s) | 1-min load average before |",
-            "|---|---|---|---|---|---|",
+            "| run | wall (s) | rows/s | peak RSS (MB) | CPU user+sys (s) | of which sys (s) | minor faults "
+            "| 1-min load average before |",
+            "|---|---|---|---|---|---|---|---|",
             *(f"| {i + 1}{' ' + a.baseline_label if rows is before else ''} | {w:.2f} | "
-              f"{meta.num_rows / w / 1e6:.2f} M | {p} | {c:.2f} | {ld:.2f} |"
-              for rows in ((before, runs) if a.baseline else (runs,)) for i, (w, p, c, ld) in enumerate(rows)),
+              f"{meta.num_rows / w / 1e6:.2f} M | {p} | {c:.2f} | {sy:.2f} | {fl:,} | {ld:.2f} |"
+              for rows in ((before, runs) if a.baseline else (runs,)) for i, (w, p, c, ld, sy, fl) in enumerate(rows)),
             "",
             *([f"Median of {a.baseline_label}: {statistics.median(w for w, *_ in before):.2f}s = "
                f"{meta.num_rows / statistics.median(w for w, *_ in before) / 1e6:.2f} M rows/s, CPU "
-               f"{statistics.median(c for _, _, c, _ in before):.2f}s; peak RSS {max(p for _, p, *_ in before)} MB.",
+               f"{statistics.median(r[2] for r in before):.2f}s, minor faults "
+               f"{statistics.median(r[5] for r in before):,.0f}; peak RSS {max(p for _, p, *_ in before)} MB.",
                ""] if a.baseline else []),
             f"Median: {median:.2f}s = **{meta.num_rows / median / 1e6:.2f} M rows/s** end to end (interpreter start, "
             f"imports, sha256 of the input, both passes, every file written), CPU "
-            f"{statistics.median(c for _, _, c, _ in runs):.2f}s; peak RSS {peak} MB. "
+            f"{statistics.median(r[2] for r in runs):.2f}s, minor faults {statistics.median(r[5] for r in runs):,.0f}; "
+            f"peak RSS {peak} MB. "
             f"Target 2 M rows/s: {'met' if meta.num_rows / median >= 2e6 else 'not met'}.",
             "",
             *([f"Other jobs shared the machine during these runs (1-min load average up to "

@@ -288,6 +288,42 @@ def test_formats_agree_and_runs_are_deterministic(tmp_path: Path) -> None:
     assert a == b
 
 
+def test_memory_settings_are_restored_and_change_no_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prepare turns transparent huge pages off and keeps glibc's freed memory in the heap (_small_pages,
+    _kept_heap); afterwards, also after an error, the process is as before, and the outputs are the same
+    without the tuning (CANCTR_MALLOC_TUNING=0)."""
+    import ctypes
+    import sys
+
+    rows = make_rows(120, seed=5)
+    spec = FeatureSpec.from_dict(spec_dict(by="user"))
+    path = write(rows, tmp_path / "t.parquet")
+    prctl = ctypes.CDLL(None).prctl if sys.platform.startswith("linux") else None
+    thp = prctl(42, 0, 0, 0, 0) if prctl is not None else None  # PR_GET_THP_DISABLE
+    inside = []
+    run = table._TablePrepare.run
+
+    def spy(self):  # noqa: ANN001, ANN202
+        inside.append(prctl(42, 0, 0, 0, 0) if prctl is not None else None)
+        return run(self)
+
+    monkeypatch.setattr(table._TablePrepare, "run", spy)
+    prepare_table(spec, [path], tmp_path / "a", batch_rows=16)
+    if prctl is not None:
+        assert inside == [1] and prctl(42, 0, 0, 0, 0) == thp == 0
+    bad = [dict(r) for r in rows]
+    bad[70]["click"] = 2
+    with pytest.raises(TableError, match="must be 0 or 1"):
+        prepare_table(spec, [write(bad, tmp_path / "bad.parquet")], tmp_path / "e", batch_rows=16)
+    assert prctl is None or prctl(42, 0, 0, 0, 0) == thp
+    monkeypatch.setenv("CANCTR_MALLOC_TUNING", "0")
+    prepare_table(spec, [path], tmp_path / "b", batch_rows=16)
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert files
+    for rel in files:
+        assert (tmp_path / "b" / rel).read_bytes() == (tmp_path / "a" / rel).read_bytes(), rel
+
+
 @pytest.mark.parametrize("by", ["column", "user", "time"])
 def test_split_methods(tmp_path: Path, by: str) -> None:
     rows = make_rows(300, seed=1)

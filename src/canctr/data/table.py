@@ -66,6 +66,7 @@ import os
 import queue
 import re
 import shutil
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -499,6 +500,12 @@ def _lists(arr: pa.Array, sep: str) -> tuple[np.ndarray, np.ndarray, pa.Array]:
     return starts, lengths, arr.values
 
 
+def _gather(lut: pa.Array, codes: np.ndarray) -> np.ndarray:
+    """lut[codes] (read-only) by Arrow's take, which reads int32 indices as they are (numpy's fancy indexing first
+    copies them to int64): ~1.5x faster on the spilled codes."""
+    return pc.take(lut, pa.array(codes)).to_numpy()
+
+
 def _ragged_take(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Flat positions starts[i] .. starts[i] + lengths[i] - 1 of every row, row after row."""
     total = int(lengths.sum())
@@ -715,6 +722,7 @@ class _Firsts:
         position, all >= floor, while every earlier batch's keys are < floor."""
         if codes.size == 0:
             return
+        codes = codes.astype(np.intp, copy=False)  # once: bincount and the gather below would each cast int32
         bins = np.bincount(codes)
         self.grow(bins.size)
         if count:
@@ -1173,7 +1181,11 @@ class _TablePrepare:
             masks = {"test": None}
         else:
             masks = {"train": ~test, "test": test}
-        elems = {s: {g: None if m is None else np.repeat(m, k) for g, k in enc.kept.items()} for s, m in masks.items()}
+        elems: dict[str, dict[str, np.ndarray | None]] = {s: {} for s in masks}
+        for g, k in enc.kept.items():  # each sequence position's split: the test mask repeated, train its negation
+            e = None if test is None or len(masks) == 1 else np.repeat(test, k)
+            for s in masks:
+                elems[s][g] = None if e is None else (e if s == "test" else ~e)
         out: dict[str, dict[str, np.ndarray]] = {s: {} for s in masks}
         for s, m in masks.items():
             out[s]["label"] = enc.label if m is None else enc.label[m]
@@ -1398,6 +1410,7 @@ class _TablePrepare:
     def _pass2(self, sources: list[dict[str, Any]]) -> Schema:
         spec, out = self.spec, self.out
         luts, raw, sizes = self._fit()
+        lut_arrays = {table: pa.array(lut) for table, lut in luts.items()}  # gathered from by _remap
         group_lut = None
         if spec.group:
             first = self.group_first.first[: self.group_coder.n + 1].copy()
@@ -1432,7 +1445,8 @@ class _TablePrepare:
                 try:
                     for chunk in itertools.chain(spill.read(), [None]):  # None: the end, drain what is left
                         if chunk is not None:
-                            pending.append(pool.submit(self._remap, chunk, split, luts, group_lut, norms, pair_sets))
+                            pending.append(pool.submit(self._remap, chunk, split, lut_arrays, group_lut, norms,
+                                                       pair_sets))
                         while len(pending) > (1 if chunk is not None else 0):
                             cols, tally, keys = pending.popleft().result()
                             for name, k in tally["nulls"].items():
@@ -1503,7 +1517,7 @@ class _TablePrepare:
         if not hashed and (split != "train" or f.min_count > 1):
             tally["oov"][f.name] = int(np.count_nonzero(idx == 0)) - nulls
 
-    def _remap(self, chunk: dict[str, np.ndarray], split: str, luts: dict[str, np.ndarray],
+    def _remap(self, chunk: dict[str, np.ndarray], split: str, luts: dict[str, pa.Array],
                group_lut: np.ndarray | None, norms: dict[str, dict[str, float]],
                pair_sets: dict[str, tuple[_KeySet, int]]) -> tuple[Columns, dict[str, dict[str, int]],
                                                                   dict[str, np.ndarray]]:
@@ -1515,7 +1529,7 @@ class _TablePrepare:
         tally: dict[str, dict[str, int]] = {"nulls": {}, "oov": {}, "max_len": {}}
         for f in spec.categorical:
             codes = chunk[f"id.{f.name}"]
-            ids[f.name] = idx = luts[f.table][codes]
+            ids[f.name] = idx = _gather(luts[f.table], codes)
             self._count(f, split, codes, idx, tally)
         for g in spec.sequences:
             lens = chunk[f"len.{g.name}"].astype(np.int64, copy=False)
@@ -1524,7 +1538,7 @@ class _TablePrepare:
                 tally["max_len"][g.name] = int(lens.max())
             for f in spec.group_fields(g.name):
                 codes = chunk[f"seq.{f.name}"]
-                values[f.name] = idx = luts[f.table][codes]
+                values[f.name] = idx = _gather(luts[f.table], codes)
                 self._count(f, split, codes, idx, tally)
         group = chunk["group"] if group_lut is None else group_lut[chunk["group"]]
         dense = None
@@ -1703,26 +1717,79 @@ def prepare_table(
     paths = expand_inputs(inputs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    with _small_pages():
+    with _small_pages(), _kept_heap():
         return _TablePrepare(spec, paths, out, list_sep=list_sep, skip_bad_rows=skip_bad_rows,
                              batch_rows=batch_rows, fmt=input_format).run()
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc malloc.h
+_PR_SET_THP_DISABLE, _PR_GET_THP_DISABLE = 41, 42  # linux/prctl.h
+_GLIBC_MMAP_MAX, _GLIBC_TRIM = 65536, 64 << 20  # glibc's default mmap count; its trim threshold once it has
+# raised the mmap threshold to its 32 MiB cap (as it does by itself after a prepare's first large free)
+
+
+@contextlib.contextmanager
+def _kept_heap() -> Iterator[None]:
+    """glibc serves every request above its mmap threshold (at most 32 MiB) with a fresh mmap and unmaps it on
+    free, so each batch's 20-80 MB arrays (and the int64 copies numpy makes of int32 indices) are faulted in
+    and zeroed by the kernel anew: ~400k minor faults per 5 M rows, the largest single item of the profile
+    (clear_page). During a prepare every request comes from the heap (M_MMAP_MAX 0) and freed memory stays
+    there (trim threshold 2 GiB): the same pages serve batch after batch, ~170k faults. Afterwards mmap is
+    allowed again, the trim threshold set to what glibc's own adjustment reaches, and the heap trimmed.
+    glibc only; elsewhere, or with CANCTR_MALLOC_TUNING=0, nothing changes."""
+    mallopt = trim = None
+    if os.environ.get("CANCTR_MALLOC_TUNING", "1") != "0" and os.name == "posix":
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None)
+            mallopt, trim = libc.mallopt, libc.malloc_trim
+            mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+            trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+        except (OSError, AttributeError):  # not glibc
+            mallopt = None
+    if mallopt is not None and not (mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1) == 1 and mallopt(_M_MMAP_MAX, 0) == 1):
+        mallopt(_M_MMAP_MAX, _GLIBC_MMAP_MAX)
+        mallopt = None
+    try:
+        yield
+    finally:
+        if mallopt is not None:
+            mallopt(_M_MMAP_MAX, _GLIBC_MMAP_MAX)
+            mallopt(_M_TRIM_THRESHOLD, _GLIBC_TRIM)
+            trim(0)
+
+
 @contextlib.contextmanager
 def _small_pages() -> Iterator[None]:
-    """numpy asks the kernel for transparent huge pages (madvise) on every array of 4 MiB or more. A prepare
-    allocates and frees such arrays (10-80 MB) batch after batch; glibc hands each one back to the kernel on
-    free, so the next batch's arrays are faulted in anew, and with THP defrag "madvise" (the kernel default)
-    each 2 MiB fault compacts and zeroes memory synchronously. Off for the duration of a prepare (restored
-    afterwards): ~0.8 s less system time per 5 M rows (benchmarks/results/prepare_table_cpu.md). pyarrow's
-    own pool keeps its memory and is left alone (its jemalloc pool measured worse: more 4 KiB faults)."""
+    """No transparent huge pages during a prepare (restored afterwards). numpy asks for them (madvise) on every
+    array of 4 MiB or more, and pyarrow's mimalloc on its 1 GiB arena; a prepare allocates and frees such
+    memory batch after batch, mimalloc purges what is freed (MADV_DONTNEED), and each fresh 2 MiB fault is
+    compacted and zeroed synchronously (THP defrag "madvise", the kernel default): up to a sixth of the CPU
+    time, varying from run to run with the memory's fragmentation, and ~70 MB more peak RSS. Linux's
+    per-process switch (prctl PR_SET_THP_DISABLE) covers both; numpy's own switch is turned off as well
+    (other systems). pyarrow's jemalloc or system pool instead of mimalloc measured worse (2-6x the faults)."""
     switch = getattr(getattr(np, "_core", np).multiarray, "_set_madvise_hugepage", None)
     previous = switch(False) if switch is not None else None
+    prctl = None
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            prctl = ctypes.CDLL(None).prctl
+            prctl.restype = ctypes.c_int
+            # only where THP is on for this process now (nothing to do, and nothing to restore, otherwise)
+            if prctl(_PR_GET_THP_DISABLE, 0, 0, 0, 0) != 0 or prctl(_PR_SET_THP_DISABLE, 1, 0, 0, 0) != 0:
+                prctl = None
+        except (OSError, AttributeError):
+            prctl = None
     try:
         yield
     finally:
         if switch is not None:
             switch(previous)
+        if prctl is not None:
+            prctl(_PR_SET_THP_DISABLE, 0, 0, 0, 0)
 
 
 def format_table_summary(schema: Schema, seconds: float | None = None) -> str:
