@@ -33,7 +33,10 @@ except ImportError:  # versions before train/optim.py
     from canctr.train.loop import make_optimizer
 data, model_name, bs, steps, warmup = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 try:  # what `canctr train` does at start, in versions that have it (CANCTR_MALLOC_TUNING=0 turns it off)
-    from canctr.train.allocator import keep_freed_memory
+    try:
+        from canctr.memory import keep_freed_memory
+    except ImportError:  # its first home
+        from canctr.train.allocator import keep_freed_memory
     tuned = keep_freed_memory()
 except ImportError:
     tuned = False
@@ -139,7 +142,7 @@ def main() -> int:
               f"| {r['before_faults_per_step']:.0f} | {r['after_faults_per_step']:.0f} |" for r in rows]
     if a.untuned:
         lines += ["", "The working tree with the allocator tuning off (`CANCTR_MALLOC_TUNING=0`, "
-                  "canctr/train/allocator.py), timed in the same rounds:", "",
+                  "canctr/memory.py), timed in the same rounds:", "",
                   "| model | untuned ms/step | after / untuned speed-up | untuned faults |", "|---|---|---|---|"]
         lines += [f"| {r['model']} | {r['untuned_ms']:.2f} | {r['untuned_ms'] / r['after_ms']:.2f}× "
                   f"| {r['untuned_faults_per_step']:.0f} |" for r in rows]

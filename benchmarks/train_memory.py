@@ -38,7 +38,7 @@ def rss_anon_mb():
     return float("nan")
 
 import threading
-from canctr.train.allocator import keep_freed_memory
+from canctr.memory import keep_freed_memory
 keep_freed_memory()  # as `canctr train` does
 peak = [rss_anon_mb()]
 def sample():  # every 5 ms, so short-lived allocations (an epoch's order) are seen too

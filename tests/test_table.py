@@ -289,8 +289,8 @@ def test_formats_agree_and_runs_are_deterministic(tmp_path: Path) -> None:
 
 
 def test_memory_settings_are_restored_and_change_no_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A prepare turns transparent huge pages off and keeps glibc's freed memory in the heap (_small_pages,
-    _kept_heap); afterwards, also after an error, the process is as before, and the outputs are the same
+    """A prepare turns transparent huge pages off and keeps glibc's freed memory in the heap (canctr.memory's
+    small_pages, kept_heap); afterwards, also after an error, the process is as before, and the outputs are the same
     without the tuning (CANCTR_MALLOC_TUNING=0)."""
     import ctypes
     import sys

@@ -31,9 +31,9 @@ import torch
 from canctr.data.batch import Batch, BatchLoader, load_split
 from canctr.data.schema import Schema
 from canctr.env import machine_description
+from canctr.memory import keep_freed_memory
 from canctr.models import create_model
 from canctr.models.base import negative_groups
-from canctr.train.allocator import keep_freed_memory
 from canctr.train.loop import resolve_device, train_step
 from canctr.train.optim import make_optimizer
 

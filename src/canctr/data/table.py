@@ -66,7 +66,6 @@ import os
 import queue
 import re
 import shutil
-import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -85,6 +84,7 @@ from canctr.data.encode import describe_source
 from canctr.data.schema import SPLITS, Schema, atomic_write_text, save_vocab
 from canctr.data.spec import FeatureSpec, Field, SpecError
 from canctr.data.store import Columns, SplitWriter, pair_keys, save_pair_keys
+from canctr.memory import kept_heap, small_pages
 
 PAD_NAME = "<pad/unk>"
 BATCH_ROWS = 1 << 18  # rows per Parquet record batch (CSV and JSON batches are blocks of CSV_BLOCK / JSON_BLOCK bytes)
@@ -1717,79 +1717,9 @@ def prepare_table(
     paths = expand_inputs(inputs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    with _small_pages(), _kept_heap():
+    with small_pages(), kept_heap():  # the batches' large arrays reuse their pages (canctr/memory.py)
         return _TablePrepare(spec, paths, out, list_sep=list_sep, skip_bad_rows=skip_bad_rows,
                              batch_rows=batch_rows, fmt=input_format).run()
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc malloc.h
-_PR_SET_THP_DISABLE, _PR_GET_THP_DISABLE = 41, 42  # linux/prctl.h
-_GLIBC_MMAP_MAX, _GLIBC_TRIM = 65536, 64 << 20  # glibc's default mmap count; its trim threshold once it has
-# raised the mmap threshold to its 32 MiB cap (as it does by itself after a prepare's first large free)
-
-
-@contextlib.contextmanager
-def _kept_heap() -> Iterator[None]:
-    """glibc serves every request above its mmap threshold (at most 32 MiB) with a fresh mmap and unmaps it on
-    free, so each batch's 20-80 MB arrays (and the int64 copies numpy makes of int32 indices) are faulted in
-    and zeroed by the kernel anew: ~400k minor faults per 5 M rows, the largest single item of the profile
-    (clear_page). During a prepare every request comes from the heap (M_MMAP_MAX 0) and freed memory stays
-    there (trim threshold 2 GiB): the same pages serve batch after batch, ~170k faults. Afterwards mmap is
-    allowed again, the trim threshold set to what glibc's own adjustment reaches, and the heap trimmed.
-    glibc only; elsewhere, or with CANCTR_MALLOC_TUNING=0, nothing changes."""
-    mallopt = trim = None
-    if os.environ.get("CANCTR_MALLOC_TUNING", "1") != "0" and os.name == "posix":
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL(None)
-            mallopt, trim = libc.mallopt, libc.malloc_trim
-            mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-            trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-        except (OSError, AttributeError):  # not glibc
-            mallopt = None
-    if mallopt is not None and not (mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1) == 1 and mallopt(_M_MMAP_MAX, 0) == 1):
-        mallopt(_M_MMAP_MAX, _GLIBC_MMAP_MAX)
-        mallopt = None
-    try:
-        yield
-    finally:
-        if mallopt is not None:
-            mallopt(_M_MMAP_MAX, _GLIBC_MMAP_MAX)
-            mallopt(_M_TRIM_THRESHOLD, _GLIBC_TRIM)
-            trim(0)
-
-
-@contextlib.contextmanager
-def _small_pages() -> Iterator[None]:
-    """No transparent huge pages during a prepare (restored afterwards). numpy asks for them (madvise) on every
-    array of 4 MiB or more, and pyarrow's mimalloc on its 1 GiB arena; a prepare allocates and frees such
-    memory batch after batch, mimalloc purges what is freed (MADV_DONTNEED), and each fresh 2 MiB fault is
-    compacted and zeroed synchronously (THP defrag "madvise", the kernel default): up to a sixth of the CPU
-    time, varying from run to run with the memory's fragmentation, and ~70 MB more peak RSS. Linux's
-    per-process switch (prctl PR_SET_THP_DISABLE) covers both; numpy's own switch is turned off as well
-    (other systems). pyarrow's jemalloc or system pool instead of mimalloc measured worse (2-6x the faults)."""
-    switch = getattr(getattr(np, "_core", np).multiarray, "_set_madvise_hugepage", None)
-    previous = switch(False) if switch is not None else None
-    prctl = None
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            prctl = ctypes.CDLL(None).prctl
-            prctl.restype = ctypes.c_int
-            # only where THP is on for this process now (nothing to do, and nothing to restore, otherwise)
-            if prctl(_PR_GET_THP_DISABLE, 0, 0, 0, 0) != 0 or prctl(_PR_SET_THP_DISABLE, 1, 0, 0, 0) != 0:
-                prctl = None
-        except (OSError, AttributeError):
-            prctl = None
-    try:
-        yield
-    finally:
-        if switch is not None:
-            switch(previous)
-        if prctl is not None:
-            prctl(_PR_SET_THP_DISABLE, 0, 0, 0, 0)
 
 
 def format_table_summary(schema: Schema, seconds: float | None = None) -> str:

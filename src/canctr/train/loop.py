@@ -24,9 +24,9 @@ from canctr import __version__
 from canctr.data.batch import Batch, BatchLoader, load_split
 from canctr.data.schema import Schema, SchemaError, atomic_write_text
 from canctr.env import machine_description
+from canctr.memory import keep_freed_memory
 from canctr.models import create_model, make_config
 from canctr.models.base import negative_groups
-from canctr.train.allocator import keep_freed_memory
 from canctr.train.checkpoint import load_model, load_training_state, save_checkpoint
 from canctr.train.metrics import ctr_metrics
 from canctr.train.optim import OPTIMIZERS, make_optimizer
@@ -150,7 +150,7 @@ def _loaders(cfg: TrainConfig, schema: Schema, model: nn.Module,
 def fit(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     """Train `cfg.model` on `cfg.data`, evaluate on the held-out split, write RUN_DIR artefacts."""
     Schema.load(_prepared_dir(cfg.data))  # a bad --data fails before the run directory is made
-    keep_freed_memory()  # the step's buffers stay in the heap (train/allocator.py)
+    keep_freed_memory()  # the step's buffers stay in the heap (canctr/memory.py)
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = _setup_logging(run_dir)
