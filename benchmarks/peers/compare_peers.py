@@ -441,7 +441,7 @@ def run(args: argparse.Namespace) -> int:
                  "canctr_set": args.canctr_set,
                  "machine": f"{cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}",
                  "date": time.strftime("%Y-%m-%d %H:%M"), "versions": versions,
-                 "command": shlex.join([sys.executable, *sys.argv])},
+                 "command": shlex.join(["python", *sys.argv])},
         "summary": summarise(results),
         "runs": results,
     }
