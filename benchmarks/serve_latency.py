@@ -1,0 +1,118 @@
+"""In-process latency of the scoring service's model path: 1 user x K candidates with a history of H ids,
+p50 / p99 over many requests after a warm-up, for eager torch and ONNX Runtime (issue target: can-dnn p99
+<= 1 ms, can-dien p99 <= 3 ms at K = 100, H = 50 on the 2-core CPU).
+
+Each request is what `POST /v1/score` runs after JSON parsing: `Scorer.score` = map the raw ids through the
+vocabularies (`map_requests`) + the model on K rows (`_forward`); the two are also timed apart. Requests use
+real raw ids of the prepared data (history items with their categories, candidate items with theirs), 64
+different ones in turn. Models are untrained (latency does not depend on the weights).
+
+    python benchmarks/serve_latency.py --data data/beauty --models can-dnn can-dien --engines torch onnx \
+        --requests 2000 --out benchmarks/results/serve_latency_cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def requests_of(data: Path, n: int, candidates: int, history: int, seed: int = 0) -> list[tuple[dict, list]]:
+    """`n` requests of raw ids: a user, `history` (item, category) pairs and `candidates` candidate items."""
+    from canctr.data.batch import load_split
+    from canctr.data.schema import Schema
+
+    spec = Schema.load(data).spec
+    cols = load_split(data, "train", spec)
+    vocab = {t: json.loads((data / "vocab" / f"{t}.json").read_text()) for t in ("user", "item", "cate")}
+    item, cate = np.asarray(cols.ids["item"]), np.asarray(cols.ids["cate"])
+    cate_of = dict(zip(item.tolist(), cate.tolist()))  # item index -> its category index
+    items = np.asarray(sorted(cate_of))
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        h = rng.choice(items, history, replace=False)
+        c = rng.choice(items, candidates, replace=False)
+        user = {"user": vocab["user"][int(rng.integers(1, len(vocab["user"])))],
+                "hist_item": [vocab["item"][i] for i in h], "hist_cate": [vocab["cate"][cate_of[i]] for i in h]}
+        out.append((user, [{"item": vocab["item"][i], "cate": vocab["cate"][cate_of[i]]} for i in c]))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", required=True, help="prepared Amazon-preset directory with vocab/ (prepare sequences)")
+    ap.add_argument("--models", nargs="+", default=["can-dnn", "can-dien"])
+    ap.add_argument("--engines", nargs="+", default=["torch", "onnx"])
+    ap.add_argument("--candidates", type=int, default=100)
+    ap.add_argument("--history", type=int, default=50)
+    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--out", default=None, help="results stem (JSON + markdown)")
+    a = ap.parse_args()
+    from canctr.data.schema import Schema
+    from canctr.env import machine_description
+    from canctr.models import create_model
+    from canctr.serve.scorer import Scorer, ServeConfig
+    from canctr.train.checkpoint import save_checkpoint
+
+    data = Path(a.data)
+    schema = Schema.load(data)
+    reqs = requests_of(data, 64, a.candidates, a.history)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for model_name in a.models:
+            run = Path(tmp) / model_name
+            torch.manual_seed(0)
+            save_checkpoint(run / "checkpoint", create_model(model_name, schema), schema)
+            (run / "config.json").write_text(json.dumps({"data": str(data.resolve()), "model": model_name}))
+            for engine in a.engines:
+                scorer = Scorer.load(ServeConfig(run=str(run), engine=engine, data=str(data)))
+                total, mapping, forward = [], [], []
+                for i in range(a.warmup + a.requests):
+                    user, cands = reqs[i % len(reqs)]
+                    t0 = time.perf_counter()
+                    batch, _, _ = scorer.map_requests([(user, cands)])
+                    t1 = time.perf_counter()
+                    scorer._forward(batch)
+                    t2 = time.perf_counter()
+                    if i >= a.warmup:
+                        mapping.append(t1 - t0)
+                        forward.append(t2 - t1)
+                        total.append(t2 - t0)
+                ms = {k: 1000 * np.asarray(v) for k, v in (("total", total), ("map", mapping), ("forward", forward))}
+                row = {"model": model_name, "engine": engine,
+                       **{f"{k}_p50_ms": float(np.percentile(v, 50)) for k, v in ms.items()},
+                       **{f"{k}_p99_ms": float(np.percentile(v, 99)) for k, v in ms.items()}}
+                rows.append(row)
+                print(row, flush=True)
+    meta = {"command": "python benchmarks/serve_latency.py " + " ".join(sys.argv[1:]),
+            "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine_description(), "candidates": a.candidates,
+            "history": a.history, "requests": a.requests, "warmup": a.warmup, "data": data.name}
+    lines = [f"# Scoring latency in process: 1 user x {a.candidates} candidates, history {a.history}", "",
+             f"Command: `{meta['command']}`  ", f"Date: {meta['date']}; machine: {meta['machine']}", "",
+             f"{a.requests:,} requests after {a.warmup} of warm-up, 64 different ones of real raw ids in turn. total = "
+             "map raw ids + model (what `POST /v1/score` runs after parsing the JSON); ms, p50 / p99. Today every "
+             "candidate row runs the whole model (no shared user-side path yet).", "",
+             "| model | engine | total p50 / p99 | map p50 / p99 | forward p50 / p99 |", "|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['engine']} | {r['total_p50_ms']:.2f} / {r['total_p99_ms']:.2f} "
+              f"| {r['map_p50_ms']:.2f} / {r['map_p99_ms']:.2f} "
+              f"| {r['forward_p50_ms']:.2f} / {r['forward_p99_ms']:.2f} |"
+              for r in rows]
+    print("\n".join(lines))
+    if a.out:
+        from canctr.bench import write_results
+
+        write_results(a.out, {"meta": meta, "rows": rows}, "\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
