@@ -384,3 +384,18 @@ def test_map_candidates_maps_the_user_once_and_equals_row_mapping(data_dir: Path
     with pytest.raises(ValueError, match="unknown field"):
         map_candidates(mapper, {"user": user, "hist_item": [], "hist_cate": [], "age": 3},
                        {"item": items, "cate": cates})
+
+
+def test_numeric_text_ids_take_the_integer_search_with_text_semantics() -> None:
+    """A vocabulary of canonical decimal ids (every preset's) finds text ids by integer search (the serving
+    path's JSON strings), yet compares as text in a text-keyed table: "07", " 7", "+7" are not "7"."""
+    from canctr.serve.vocab import _Table
+
+    text_keyed = _Table("item", ids=["<pad/unk>", "7", "12", "300"])
+    assert text_keyed.int_sorted is not None  # the integer search is available
+    idx, unknown = text_keyed.lookup(["7", "12", "300", "8", "07", " 7", "+7", "-0", "9223372036854775808"])
+    assert idx.tolist() == [1, 2, 3, 0, 0, 0, 0, 0, 0] and unknown == 6
+    assert text_keyed.lookup([7, 300])[0].tolist() == [1, 3]  # numbers and their text agree
+    assert text_keyed.lookup(pa.array(["12", None]))[0].tolist() == [2, 0]  # a null: the text path, unknown
+    int_keyed = _Table("item", ids=["<pad/unk>", "7", "12"], key_type="int")
+    assert int_keyed.lookup(["07", "12", "x"])[0].tolist() == [1, 2, 0]  # integer keys: "07" is 7

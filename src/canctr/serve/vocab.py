@@ -90,6 +90,21 @@ def _int_array(values: Any) -> np.ndarray | None:
     return None
 
 
+def _canonical_ints(text: pa.Array) -> np.ndarray | None:
+    """[n] int64 when every id of the text array is the canonical decimal text of an int64 ("7", never "07",
+    "+7" or " 7") and none is null, else None: such ids find their index by integer search, as the same
+    ids sent as numbers do, without hashing the text."""
+    if text.null_count:
+        return None
+    try:
+        ints = pc.cast(text, pa.int64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    if not pc.all(pc.equal(pc.cast(ints, pa.string()), text)).as_py():
+        return None
+    return np.asarray(ints.to_numpy(), np.int64)
+
+
 class _Table:
     """One embedding table's raw-id -> index map."""
 
@@ -125,6 +140,12 @@ class _Table:
                 idx = np.where(self.int_sorted[pos] == ints, self.int_index[pos], 0)
                 return idx, int(np.count_nonzero(idx == 0))
         text = _as_text(values, self.key_type)
+        if self.int_sorted is not None and not self.buckets and len(text) and pa.types.is_string(text.type):
+            ints = _canonical_ints(text)  # the presets' numeric ids sent as text (JSON strings, CSV columns)
+            if ints is not None:
+                pos = np.searchsorted(self.int_sorted, ints).clip(max=self.int_sorted.size - 1)
+                idx = np.where(self.int_sorted[pos] == ints, self.int_index[pos], 0)
+                return idx, int(np.count_nonzero(idx == 0))
         valid = np.asarray(pc.is_valid(text).to_numpy(zero_copy_only=False), bool)
         if self.buckets:
             idx = np.zeros(len(text), np.int64)
