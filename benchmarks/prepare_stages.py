@@ -27,8 +27,9 @@ try:  # the module layout since data/ was split by job; an older checkout (PYTHO
               (encode, "event_samples"), (encode, "encode_and_save"))
     prepare_amazon = amazon.prepare_amazon
 except ImportError:
-    from canctr.data import pipeline, readers
     from canctr.data.pipeline import PrepareOptions
+
+    from canctr.data import pipeline, readers
 
     STAGES = ((readers, "read_amazon_reviews"), (readers, "read_amazon_meta"), (pipeline, "_item_categories"),
               (pipeline, "event_samples"), (pipeline, "encode_and_save"))
