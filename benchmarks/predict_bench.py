@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import statistics
 import sys
 import tempfile
@@ -24,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-import torch
 
 
 def _raw_table():  # noqa: ANN202 - examples/raw_rows.py's function (examples are scripts, not a package)
@@ -45,12 +43,11 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=None, help="results stem (JSON + markdown)")
     a = ap.parse_args()
+    from canctr.bench import untrained_run
     from canctr.data.schema import Schema
     from canctr.env import machine_description
-    from canctr.models import create_model
     from canctr.serve.export import export_run
     from canctr.serve.predict import predict
-    from canctr.train.checkpoint import save_checkpoint
 
     data = Path(a.data)
     schema = Schema.load(data)
@@ -61,10 +58,7 @@ def main() -> int:
         inp = tmp / "input.parquet"
         pq.write_table(table, inp)
         for model_name in a.models:
-            run = tmp / model_name
-            torch.manual_seed(0)
-            save_checkpoint(run / "checkpoint", create_model(model_name, schema), schema)
-            (run / "config.json").write_text(json.dumps({"data": str(data.resolve()), "model": model_name}))
+            run = untrained_run(model_name, schema, data, tmp / model_name)
             exports = {"onnx": tmp / f"{model_name}-onnx"} if "onnx" in a.engines else {}
             for engine, d in exports.items():
                 export_run(run, engine, d, data=str(data))

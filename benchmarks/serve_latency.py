@@ -3,7 +3,7 @@ p50 / p99 over many requests after a warm-up, for eager torch and ONNX Runtime (
 <= 1 ms, can-dien p99 <= 3 ms at K = 100, H = 50 on the 2-core CPU).
 
 Each request is what `POST /v1/score` runs after JSON parsing: `Scorer.score` = map the raw ids through the
-vocabularies (`map_requests`) + the model on K rows (`_forward`); the two are also timed apart. Requests use
+vocabularies (`map_requests`) + the model on K rows (`probabilities`); the two are also timed apart. Requests use
 real raw ids of the prepared data (history items with their categories, candidate items with theirs), 64
 different ones in turn. Models are untrained (latency does not depend on the weights).
 
@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 
 def requests_of(data: Path, n: int, candidates: int, history: int, seed: int = 0) -> list[tuple[dict, list]]:
@@ -57,11 +56,10 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--out", default=None, help="results stem (JSON + markdown)")
     a = ap.parse_args()
+    from canctr.bench import untrained_run
     from canctr.data.schema import Schema
     from canctr.env import machine_description
-    from canctr.models import create_model
     from canctr.serve.scorer import Scorer, ServeConfig
-    from canctr.train.checkpoint import save_checkpoint
 
     data = Path(a.data)
     schema = Schema.load(data)
@@ -69,10 +67,7 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for model_name in a.models:
-            run = Path(tmp) / model_name
-            torch.manual_seed(0)
-            save_checkpoint(run / "checkpoint", create_model(model_name, schema), schema)
-            (run / "config.json").write_text(json.dumps({"data": str(data.resolve()), "model": model_name}))
+            run = untrained_run(model_name, schema, data, Path(tmp) / model_name)
             for engine in a.engines:
                 scorer = Scorer.load(ServeConfig(run=str(run), engine=engine, data=str(data)))
                 total, mapping, forward = [], [], []
@@ -81,7 +76,7 @@ def main() -> int:
                     t0 = time.perf_counter()
                     batch, _, _ = scorer.map_requests([(user, cands)])
                     t1 = time.perf_counter()
-                    scorer._forward(batch)
+                    scorer.probabilities(batch)
                     t2 = time.perf_counter()
                     if i >= a.warmup:
                         mapping.append(t1 - t0)

@@ -54,6 +54,18 @@ def _peak_memory_mb(device: torch.device) -> float:
 SECTIONS = ("train", "infer", "loader", "pipeline")
 
 
+def untrained_run(model_name: str, schema: Schema, data: str | Path, run_dir: str | Path) -> Path:
+    """A run directory holding a freshly initialised model (seed 0) for `schema`, its config naming `data`:
+    what the scoring benchmarks load, since latency and throughput do not depend on the weights."""
+    from canctr.train.checkpoint import save_checkpoint
+
+    run_dir = Path(run_dir)
+    torch.manual_seed(0)
+    save_checkpoint(run_dir / "checkpoint", create_model(model_name, schema), schema)
+    (run_dir / "config.json").write_text(json.dumps({"data": str(Path(data).resolve()), "model": model_name}))
+    return run_dir
+
+
 def train_cell(data: str, model_name: str, batch_size: int, device: str, warmup: int, steps: int,
                seed: int = 0, optimizer: str = "adam") -> dict[str, Any]:
     """Steady-state training throughput of one model at one batch size (run in a fresh process)."""
@@ -240,7 +252,7 @@ def pipeline_cell(reviews: int, workdir: str) -> dict[str, Any]:
     out_mb = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2**20
     return {"reviews": reviews, "input_mb": (raw / "reviews.json").stat().st_size / 2**20, "seconds": seconds,
             "reviews_per_second": reviews / seconds, "peak_memory_mb": peak, "output_mb": out_mb,
-            "command": " ".join(cmd)}
+            "command": " ".join(["python", *cmd[1:]]).replace(str(work), "<work>")}
 
 
 def _in_subprocess(fn: str, **kwargs: Any) -> dict[str, Any]:

@@ -15,7 +15,6 @@ renamed when complete.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,54 +27,8 @@ import torch
 
 from canctr.data.batch import Batch
 from canctr.data.table import TableError, TableSource, as_floats, as_lists, expand_inputs
+from canctr.serve.scorer import ENGINES, Scorer, ServeConfig
 from canctr.serve.vocab import RawIdMapper, make_batch
-
-ENGINES = ("torch", "onnx")
-
-
-class _TorchEngine:
-    """The checkpoint's model in eval mode: Batch -> [B] probabilities."""
-
-    def __init__(self, run_dir: Path) -> None:
-        from canctr.train.checkpoint import load_model
-
-        self.model, _ = load_model(run_dir)
-        self.model.eval()
-
-    def __call__(self, batch: Any) -> np.ndarray:
-        with torch.inference_mode():
-            return torch.sigmoid(self.model(batch).logits).numpy()
-
-
-class _OnnxEngine:
-    """An ONNX export of the run run by ONNX Runtime (one session for every batch): Batch -> [B] probabilities."""
-
-    def __init__(self, run_dir: Path, export_dir: Path | None, data: str | None) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise ValueError("--engine onnx needs onnxruntime (pip install -e '.[serve]')") from None
-        from canctr.serve.export import export_run, load_manifest
-
-        self._tmp = None
-        if export_dir is None:  # export on the fly into a temporary directory
-            self._tmp = tempfile.TemporaryDirectory(prefix="canctr-predict-")
-            export_dir = Path(self._tmp.name) / "export"
-            export_run(run_dir, "onnx", export_dir, data=data)
-        manifest = load_manifest(export_dir)
-        if manifest["format"] != "onnx":
-            raise ValueError(f"{export_dir}: a {manifest['format']} export; --engine onnx needs an ONNX one")
-        self.names = [i["name"] for i in manifest["inputs"]]
-        self.session = ort.InferenceSession(str(Path(export_dir) / manifest["file"]),
-                                            providers=["CPUExecutionProvider"])
-        self.spec = None
-
-    def __call__(self, batch: Any) -> np.ndarray:
-        from canctr.serve.export import tensor_inputs
-
-        feeds = dict(zip(self.names, (t.numpy() for t in tensor_inputs(batch, self.spec))))
-        return self.session.run(["prob"], feeds)[0]
-
 
 SUB_BATCH = 512  # rows scored together after sorting a batch by sequence length
 
@@ -163,13 +116,12 @@ def predict(
         raise FileNotFoundError(f"{run_dir}: no such run directory")
     out = Path(out)
     paths = expand_inputs(inputs)
-    mapper = RawIdMapper.from_run(run_dir, data)
-    spec = mapper.spec
     t_load = time.perf_counter()
-    score = _TorchEngine(run_dir) if engine == "torch" else _OnnxEngine(
-        run_dir, None if export_dir is None else Path(export_dir), data)
-    if engine == "onnx":
-        score.spec = spec
+    # the service's loader and model call: eager model, or an ONNX Runtime session on --export (checked
+    # against the checkpoint) or on an export made on the fly; its mapper holds the run's vocabularies
+    scorer = Scorer.load(ServeConfig(run=str(run_dir), engine=engine,
+                                     export=None if export_dir is None else str(export_dir), data=data))
+    mapper, spec = scorer.mapper, scorer.spec
     load_seconds = time.perf_counter() - t_load
 
     needed = _columns_needed(spec)
@@ -203,7 +155,7 @@ def predict(
                 batch = map_record_batch(mapper, rb, needed, list_sep, src.path, before)
                 prob = np.empty(batch.size, np.float32)
                 for rows_of, sub in _by_length(batch, spec):
-                    prob[rows_of] = score(sub)
+                    prob[rows_of] = scorer.probabilities(sub)
                 table = pa.table({**{c: rb.column(c) for c in keep}, "score": prob})
                 if writer is None:
                     out.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ whole object on reload, so no request sees a half-loaded model):
 A request is mapped column-wise (`map_requests`): each user's shared fields (profile ids, histories, dense
 values) are mapped once per user and repeated over that user's candidate rows by index, the candidates'
 fields are mapped in one call for all users; unknown ids are counted per user from the indices (0 =
-unknown, as `RawIdMapper` counts them). `_forward(batch) -> probabilities` is the one model call: the seam
+unknown, as `RawIdMapper` counts them). `probabilities(batch)` is the one model call: the seam
 where a shared user-side path (history computed once per user) will replace the per-row forward.
 """
 
@@ -189,7 +189,7 @@ class Scorer:
 
     # ------------------------------------------------------------------------------------ scoring
 
-    def _forward(self, batch: Batch) -> np.ndarray:
+    def probabilities(self, batch: Batch) -> np.ndarray:
         """The model on N (user, candidate) rows -> [N] float32 click probabilities.
 
         The one model call of the scorer. Today every row runs the whole model (the user's history is
@@ -280,7 +280,7 @@ class Scorer:
                    ) -> list[tuple[np.ndarray, dict[str, int]]]:
         """Several users in one model call -> per user ([K_u] float32 probabilities, {field: unknown ids})."""
         batch, K, unknown = self.map_requests(requests)
-        prob = self._forward(batch)
+        prob = self.probabilities(batch)
         parts = np.split(prob, np.cumsum(K)[:-1])
         return [(p, {n: int(unknown[n][u]) for n in self.sparse_names}) for u, p in enumerate(parts)]
 

@@ -149,13 +149,13 @@ def _loaders(cfg: TrainConfig, schema: Schema, model: nn.Module,
 
 def fit(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     """Train `cfg.model` on `cfg.data`, evaluate on the held-out split, write RUN_DIR artefacts."""
-    Schema.load(_prepared_dir(cfg.data))  # a bad --data fails before the run directory is made
+    schema = Schema.load(_prepared_dir(cfg.data))  # a bad --data fails before the run directory is made
     keep_freed_memory()  # the step's buffers stay in the heap (canctr/memory.py)
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = _setup_logging(run_dir)
     try:
-        return _fit(cfg, run_dir, resume)
+        return _fit(cfg, schema, run_dir, resume)
     finally:
         logging.getLogger("canctr").removeHandler(handler)
         handler.close()
@@ -169,9 +169,8 @@ def _prepared_dir(path: str | Path) -> Path:
     return path
 
 
-def _fit(cfg: TrainConfig, run_dir: Path, resume: bool) -> dict[str, Any]:
+def _fit(cfg: TrainConfig, schema: Schema, run_dir: Path, resume: bool) -> dict[str, Any]:
     device = resolve_device(cfg.device)
-    schema = Schema.load(_prepared_dir(cfg.data))
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     model_cfg = make_config(cfg.model, cfg.model_config)
