@@ -3,8 +3,8 @@
 The generator ships with the package (`canctr.data.gen_amazon`, which `canctr bench --sections pipeline` runs);
 this script is the same command from a source checkout:
 
-    python benchmarks/gen_amazon.py --reviews 5000000 --out /tmp/amazon5m
-    python -m canctr.data.gen_amazon --reviews 5000000 --out /tmp/amazon5m     # the same
+    python benchmarks/gen_amazon.py --reviews 5000000 --out data/amazon5m
+    python -m canctr.data.gen_amazon --reviews 5000000 --out data/amazon5m     # the same
 """
 
 from __future__ import annotations

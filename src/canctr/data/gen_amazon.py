@@ -5,7 +5,7 @@ helpful, reviewText, overall, summary, unixReviewTime, reviewTime); meta lines a
 (single quotes) as in the 2014 meta files. Popularity is Zipf-like, times are increasing per user with
 day resolution, review texts are 200-1,200 characters: the byte mix of the real files.
 
-    python -m canctr.data.gen_amazon --reviews 5000000 --out /tmp/amazon5m
+    python -m canctr.data.gen_amazon --reviews 5000000 --out data/amazon5m
     (or python benchmarks/gen_amazon.py ..., the same in a source checkout)
 
 `canctr bench --sections pipeline` runs it (part of the package, so an installed wheel can too).
