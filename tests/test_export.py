@@ -112,13 +112,13 @@ def check_parity(name: str, fmt: str, schema: Schema, batches: list, tmp_path: P
     module = ExportModule(model, schema.spec)
     path = tmp_path / ("model.onnx" if fmt == "onnx" else "model.pt")
     (export_onnx if fmt == "onnx" else export_torchscript)(module, schema, path)
-    names = [s.name for s in input_specs(schema.spec)]
+    names = [s.name for s in input_specs(schema.spec, module.shared)]
     worst = 0.0
     widths = set()
     for b in batches:
         with torch.no_grad():
             logit = model(batches[1] if b is batches[-1] else b).logits  # the junk-padded copy: the clean batch's
-        prob, got = run_exported(path, tensor_inputs(b, schema.spec), names)
+        prob, got = run_exported(path, tensor_inputs(b, schema.spec, module.shared), names)
         assert got.shape == logit.shape and got.dtype == prob.dtype == torch.float32
         worst = max(worst, float((got - logit).abs().max()), float((prob - torch.sigmoid(logit)).abs().max()))
         widths.add(tuple(m.shape for m in b.masks.values()))
@@ -154,6 +154,11 @@ def test_input_names_follow_the_spec(schema: Schema) -> None:
     assert [s.name for s in specs[len(sparse):]] == [f"lengths.{g.name}" for g in schema.spec.sequences]
     hist = next(s for s in specs if s.name == "hist_item")
     assert hist.shape == ("batch", "len_hist") and hist.dtype == "int64"
+    # the user-shared form: the user's fields and history lengths per user, then each row's user
+    shared = {s.name: s for s in input_specs(schema.spec, shared=True)}
+    assert shared["hist_item"].shape == ("users", "len_hist") and shared["user"].shape == ("users",)
+    assert shared["lengths.hist"].shape == ("users",) and shared["item"].shape == ("batch",)
+    assert list(shared)[-1] == "row.user" and shared["row.user"].shape == ("batch",)
 
 
 # -------------------------------------------------------------------------------------------- CLI
@@ -180,7 +185,8 @@ def test_cli_export_onnx_then_score_raw_ids(run_dir: Path, data_dir: Path, schem
     assert "can-dien -> " in text and "opset 18" in text
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model"] == "can-dien" and manifest["opset"] == 18 and manifest["format"] == "onnx"
-    assert manifest["inputs"] == [s.to_dict() for s in input_specs(schema.spec)]
+    assert manifest["shared_user"] is True  # can-dien takes the user-shared form
+    assert manifest["inputs"] == [s.to_dict() for s in input_specs(schema.spec, shared=True)]
     assert [o["name"] for o in manifest["outputs"]] == ["prob", "logit"]
     assert manifest["parity_max_abs_diff"] <= TOL
     for table, entry in manifest["vocab"].items():
@@ -204,7 +210,7 @@ def test_cli_export_onnx_then_score_raw_ids(run_dir: Path, data_dir: Path, schem
     mapped = map_rows(mapper, columns)
     assert mapper.unknown["item"] == 1 + sum(columns["item"][i] == "<pad/unk>" for i in range(40))
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
-    feeds = {s["name"]: x.numpy() for s, x in zip(manifest["inputs"], tensor_inputs(mapped, schema.spec))}
+    feeds = {s["name"]: x.numpy() for s, x in zip(manifest["inputs"], tensor_inputs(mapped, schema.spec, shared=True))}
     prob, logit = session.run(["prob", "logit"], feeds)
     model, _ = load_model(run_dir)
     model.eval()

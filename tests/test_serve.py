@@ -507,4 +507,6 @@ def test_scorer_with_dense_and_context_fields_equals_row_mapping() -> None:
         "i": [21, 99, 23], "price": [3.0, None, 0]})
     with torch.no_grad():
         np.testing.assert_allclose(shared, torch.sigmoid(model(rows).logits).numpy(), atol=1e-6)
-    assert scorer.map_requests([(user | {"hour": 31}, cands)])[0].lengths["h"].tolist() == [4, 4, 4]
+    batch = scorer.map_requests([(user | {"hour": 31}, cands)])[0]
+    assert batch.user.tolist() == [0, 0, 0] and batch.lengths["h"].tolist() == [4]  # the history once, shared
+    assert batch.expanded().lengths["h"].tolist() == [4, 4, 4]

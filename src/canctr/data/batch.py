@@ -39,6 +39,12 @@ class Batch:
     masks: dict[str, Tensor]  # sequence group -> [B, L_g] bool, True at valid positions
     dense: Tensor | None = None  # [B, D] float32, the spec's dense fields in order
     negatives: dict[str, Tensor] = field(default_factory=dict)  # sequence field -> [B, L_g] sampled negatives
+    # Scoring several candidates of one user (serving): `user` [B] int64 gives each row's user, and the fields in
+    # `user_fields` (and the lengths / masks of `user_groups`) hold one row per user, [U] or [U, L_g], instead of
+    # one per candidate. None: every field has B rows (training, evaluation, batch scoring).
+    user: Tensor | None = None
+    user_fields: frozenset[str] = frozenset()
+    user_groups: frozenset[str] = frozenset()
 
     def __getitem__(self, name: str) -> Tensor:
         return self.sparse[name]
@@ -59,12 +65,35 @@ class Batch:
         def move(x):
             if isinstance(x, dict):
                 return {k: v.to(device, non_blocking=non_blocking) for k, v in x.items()}
-            return None if x is None else x.to(device, non_blocking=non_blocking)
+            return x.to(device, non_blocking=non_blocking) if isinstance(x, Tensor) else x
 
         return Batch(**{f.name: move(getattr(self, f.name)) for f in dataclasses.fields(self)})
 
     def replace(self, **changes) -> Batch:
         return dataclasses.replace(self, **changes)
+
+    def expanded(self) -> Batch:
+        """This batch with one row per candidate: the per-user fields gathered by `user` (a batch without
+        `user` is returned as it is). Models that do not share the user side are given this."""
+        if self.user is None:
+            return self
+        u = self.user
+        return self.replace(
+            sparse={k: v.index_select(0, u) if k in self.user_fields else v for k, v in self.sparse.items()},
+            lengths={k: v.index_select(0, u) if k in self.user_groups else v for k, v in self.lengths.items()},
+            masks={k: v.index_select(0, u) if k in self.user_groups else v for k, v in self.masks.items()},
+            negatives={k: v.index_select(0, u) if k in self.user_fields else v for k, v in self.negatives.items()},
+            user=None, user_fields=frozenset(), user_groups=frozenset(),
+        )
+
+
+def user_side(spec: FeatureSpec) -> tuple[frozenset[str], frozenset[str]]:
+    """(fields, groups) that a user-shared batch holds once per user: the spec's user-side categorical fields
+    and every sequence group whose fields are all user-side (the behaviour histories), with their fields."""
+    groups = frozenset(g.name for g in spec.sequences if all(f.side == "user" for f in spec.group_fields(g.name)))
+    fields = frozenset(f.name for f in spec.sparse if (f.side == "user" and f.kind == "categorical")
+                       or (f.kind == "sequence" and f.group in groups))
+    return fields, groups
 
 
 def lengths_to_mask(lengths: Tensor, width: int) -> Tensor:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from canctr.layers.mlp import MLP, PReLU, glorot_linear
@@ -39,14 +40,34 @@ class TargetAttention(nn.Module):
         # a constant shift of every score is a no-op under softmax, so the output bias would get no gradient
         self.unit = MLP(4 * dim, hidden, activation="sigmoid", norm="none", out_bias=not softmax)
 
-    def forward(self, query: Tensor, keys: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        """query [B, Dq], keys [B, L, D], mask [B, L] bool -> (weights [B, L], pooled [B, D])."""
+    def forward(self, query: Tensor, keys: Tensor, mask: Tensor, rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """query [B, Dq], keys [B, L, D], mask [B, L] bool -> (weights [B, L], pooled [B, D]).
+
+        rows: [B] the row of `keys` for each query (keys then hold one row per user, the queries are the
+        candidates): the keys' share of the first layer runs once per user, see `_shared_scores`."""
         q = self.query_proj(query) if self.query_proj is not None else query
-        q = q.unsqueeze(1).expand_as(keys)
-        scores = self.unit(torch.cat([q, keys, q - keys, q * keys], dim=-1)).squeeze(-1)  # [B, L]
+        if rows is not None:
+            scores = self._shared_scores(q, keys, rows)
+            keys = keys.index_select(0, rows)
+        else:
+            q = q.unsqueeze(1).expand_as(keys)
+            scores = self.unit(torch.cat([q, keys, q - keys, q * keys], dim=-1)).squeeze(-1)  # [B, L]
         if self.softmax:
             # finite fill: a row with no valid position gives a uniform softmax, then zeroed below (not NaN)
             scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min).softmax(dim=-1)
         weights = scores.masked_fill(~mask, 0.0)
         pooled = torch.bmm(weights.unsqueeze(1), keys).squeeze(1)  # [B, D]
         return weights, pooled
+
+    def _shared_scores(self, q: Tensor, keys: Tensor, rows: Tensor) -> Tensor:
+        """The activation unit's scores [B, L] for queries q [B, D] over per-user keys [U, L, D], rows [B].
+
+        The first layer is linear in its input [q, k, q - k, q * k], so with W = [W_q | W_k | W_d | W_p] it is
+        (W_q + W_d) q + (W_k - W_d) k + W_p (q * k) + b: the key term once per user, the query term once per
+        candidate, and only the product term per (candidate, position), a quarter of the first layer's work."""
+        first = self.unit.net[1]  # net = [norm (identity here), Linear(4D, h1), sigmoid, ..., Linear(., 1)]
+        w_q, w_k, w_d, w_p = first.weight.split(q.shape[-1], dim=1)  # [h1, D] each
+        key_term = F.linear(keys, w_k - w_d).index_select(0, rows)  # [B, L, h1]
+        h = F.linear(keys.index_select(0, rows) * q.unsqueeze(1), w_p)  # [B, L, h1]
+        h = h.add_(key_term).add_(F.linear(q, w_q + w_d, first.bias).unsqueeze(1))
+        return self.unit.net[2:](h).squeeze(-1)

@@ -23,6 +23,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from canctr.layers.inference import tanh_
+
 
 @dataclass
 class CoActionConfig:
@@ -156,38 +158,115 @@ class CoAction(nn.Module):
         blocks = C if cfg.order_independent else 1
         # block c drives order c (or one block for all): [B, blocks, Li, block_dim]
         params = ind.reshape(B, Li, blocks, self.block_dim).transpose(1, 2)
-        n_layers = len(cfg.layers)
-
-        def activated(i: int) -> bool:
-            return cfg.activation == "tanh" and (i < n_layers - 1 or cfg.activate_last)
-
-        # One micro-MLP per sample (Li = 1, the usual direction): the layers after the last activation are
-        # linear maps shared by every position, so they commute with the sum over L and run once on the pooled
-        # [B, C, 1, n] (the code's linear last layer: only 16->8 runs per position). Biases there count once
-        # per valid position. Per-position micro-MLPs (Li = L) pool after the last layer.
-        pool_at = max((i + 1 for i in range(n_layers) if activated(i)), default=0) if Li == 1 else n_layers
-        # Without biases a zero feed gives zero outputs (0**c = 0, tanh(0) = 0): masking the [B, L, D] feed
-        # replaces masking the [B, C, L, S] outputs, and pooling is a plain sum.
-        mask_feed = Li == 1 and not cfg.bias
+        pool_at, mask_feed = self._plan(Li)
         if mask_feed:
             feed = feed.masked_fill(~mask.unsqueeze(-1), 0.0)
+        return self._layers(self._powers(feed), [], params, mask, 0, pool_at, mask_feed, pooled=False)
+
+    def shared_forward(self, induction: Tensor, feed: Tensor, mask: Tensor, user: Tensor) -> Tensor:
+        """`forward(induction, feed[user], mask[user])` with the feed computed once per user (serving: one user's
+        history, many candidates): induction [B, P] (one micro-MLP per candidate), feed [U, L, D], mask [U, L],
+        user [B] int64 -> [B, out_dim].
+
+        The feed's powers are built once per user. Eagerly, the first layer is then one matmul per user for all
+        its candidates, [C * L, D] @ [D, K_u * n_out] (candidates padded to the largest K_u), instead of one
+        small matmul per candidate; under tracing / export (no data-dependent sizes) the powers are gathered
+        per candidate and the per-candidate path runs."""
+        cfg = self.config
+        U, L = mask.shape
+        B = induction.shape[0]
+        exporting = torch.jit.is_tracing() or torch.compiler.is_exporting()
+        if not exporting and (induction.shape != (B, self.induction_dim) or feed.shape != (U, L, self.feed_dim)
+                              or user.shape != (B,)):
+            raise ValueError(
+                f"CoAction.shared_forward expects induction [B, {self.induction_dim}], feed [U, L, "
+                f"{self.feed_dim}], mask [U, L], user [B]; got {tuple(induction.shape)}, {tuple(feed.shape)}, "
+                f"{tuple(mask.shape)}, {tuple(user.shape)}"
+            )
+        blocks = cfg.orders if cfg.order_independent else 1
+        pool_at, mask_feed = self._plan(1)
+        if mask_feed:
+            feed = feed.masked_fill(~mask.unsqueeze(-1), 0.0)
+        h = self._powers(feed)  # [U, C, L, D]
+        params = induction.reshape(B, blocks, 1, self.block_dim)
+        rows_mask = mask.index_select(0, user)
+        if exporting or pool_at == 0 or B == 0:  # per candidate from the first layer (nothing to fuse before pooling)
+            return self._layers(h.index_select(0, user), [], params, rows_mask, 0, pool_at, mask_feed, pooled=False)
+
+        # slot of each candidate among its user's: K = the most candidates of one user; cell = user * K + slot
+        counts = torch.bincount(user, minlength=U)
+        K = int(counts.max())
+        if U == 1:
+            cell = torch.arange(B, device=user.device)
+        else:
+            order = torch.argsort(user, stable=True)
+            starts = counts.cumsum(0) - counts
+            cell = torch.empty_like(user)
+            cell[order] = user[order] * K + torch.arange(B, device=user.device) - starts[user[order]]
+        grid = params.new_zeros(U * K, blocks, self.block_dim).index_copy_(0, cell, params[:, :, 0])  # padded
+        C, D, n_out = cfg.orders, self.feed_dim, cfg.layers[0][1]
+        w = grid[..., : D * n_out].reshape(U, K, blocks, D, n_out)  # row-major, as in forward
+        if blocks == 1:  # [U, C * L, D] @ [U, D, K * n_out]: every candidate's first layer in one matmul
+            y = torch.bmm(h.reshape(U, C * L, D), w[:, :, 0].permute(0, 2, 1, 3).reshape(U, D, K * n_out))
+            y = y.view(U, C, L, K, n_out)
+        else:  # order c through candidate k's block c
+            y = torch.einsum("ucli,ukcio->uclko", h, w)
+        if cfg.bias:
+            b = grid[..., D * n_out : D * n_out + n_out].reshape(U, K, blocks, n_out)
+            y = y + b.permute(0, 2, 1, 3).unsqueeze(2)  # [U, blocks, 1, K, n_out]
+        if self._activated(0):
+            y = tanh_(y)  # fresh: the bmm's output
+        if pool_at == 1:  # pool over the user's positions before gathering the candidates: [U, C, K, n_out]
+            y = y.sum(dim=2) if mask_feed else y.masked_fill(~mask[:, None, :, None, None], 0.0).sum(dim=2)
+            y = y.transpose(1, 2).reshape(U * K, C, 1, n_out)
+        else:  # [U, C, L, K, n] -> [U * K, C, L, n]
+            y = y.permute(0, 3, 1, 2, 4).reshape(U * K, C, L, n_out)
+        y = y.index_select(0, cell)  # [B, C, 1 or L, n_out]
+        return self._layers(y, [y] if cfg.layer_outputs == "concat" else [], params, rows_mask, 1, pool_at,
+                            mask_feed, pooled=pool_at == 1)
+
+    def _activated(self, i: int) -> bool:
+        cfg = self.config
+        return cfg.activation == "tanh" and (i < len(cfg.layers) - 1 or cfg.activate_last)
+
+    def _plan(self, Li: int) -> tuple[int, bool]:
+        """(pool_at, mask_feed) for Li micro-MLPs per sample.
+
+        One micro-MLP per sample (Li = 1, the usual direction): the layers after the last activation are linear
+        maps shared by every position, so they commute with the sum over L and run once on the pooled
+        [B, C, 1, n] (the code's linear last layer: only 16->8 runs per position); biases there count once per
+        valid position. Per-position micro-MLPs (Li = L) pool after the last layer. Without biases a zero feed
+        gives zero outputs (0**c = 0, tanh(0) = 0): masking the [B, L, D] feed replaces masking the
+        [B, C, L, S] outputs, and pooling is a plain sum."""
+        n_layers = len(self.config.layers)
+        pool_at = max((i + 1 for i in range(n_layers) if self._activated(i)), default=0) if Li == 1 else n_layers
+        return pool_at, Li == 1 and not self.config.bias
+
+    def _powers(self, feed: Tensor) -> Tensor:
+        """feed [N, Lf, D] -> [N, C, Lf, D]: x, x**2, ..., x**C (element-wise), by repeated multiplication: a
+        tensor-exponent pow (and its backward) costs several times more on CPU."""
+        powers = [feed]
+        for _ in range(self.config.orders - 1):
+            powers.append(powers[-1] * feed)
+        return torch.stack(powers, dim=1)
+
+    def _layers(self, h: Tensor, outputs: list[Tensor], params: Tensor, mask: Tensor, start: int, pool_at: int,
+                mask_feed: bool, pooled: bool) -> Tensor:
+        """The micro-MLP from layer `start` on: h [B, C, L or 1, n] (the input of layer `start`; pooled over L
+        when `pooled`), `outputs` the layer outputs so far (for "concat"), params [B, blocks, Li, block_dim],
+        mask [B, L] -> [B, out_dim]."""
+        cfg = self.config
+        B, blocks, Li = params.shape[:3]
+        n_layers = len(cfg.layers)
 
         def pool(t: Tensor) -> Tensor:  # masked sum over L: [B, C, L, n] -> [B, C, 1, n]
             if not mask_feed:
                 t = t.masked_fill(~mask[:, None, :, None], 0.0)
             return t.sum(dim=2, keepdim=True)
 
-        # all orders at once: h [B, C, Lf, D] holds x, x**2, ..., x**C (element-wise powers), by repeated
-        # multiplication: a tensor-exponent pow (and its backward) costs several times more on CPU
-        powers = [feed]
-        for _ in range(C - 1):
-            powers.append(powers[-1] * feed)
-        h = torch.stack(powers, dim=1)
-
-        outputs: list[Tensor] = []  # what the unit returns per layer (all layers for "concat")
-        offset = 0
-        for i, (n_in, n_out) in enumerate(cfg.layers):
-            if i == pool_at:
+        offset = sum(i * o + (o if cfg.bias else 0) for i, o in cfg.layers[:start])
+        for i, (n_in, n_out) in enumerate(cfg.layers[start:], start):
+            if i == pool_at and not pooled:
                 h, outputs = self._pool_outputs(h, outputs, pool)
             # row-major reshape, as tf.reshape: W[j, k] = params[offset + j * n_out + k]
             weight = params[..., offset : offset + n_in * n_out].reshape(B, blocks, Li, n_in, n_out)
@@ -197,11 +276,11 @@ class CoAction(nn.Module):
                 b = params[..., offset : offset + n_out]  # [B, blocks, Li, n_out] broadcasts
                 h = h + (b if i < pool_at else b * mask.sum(1).to(b.dtype)[:, None, None, None])
                 offset += n_out
-            if activated(i):
-                h = torch.tanh(h)
+            if self._activated(i):
+                h = tanh_(h)  # fresh: the matmul's (+ bias) output
             if cfg.layer_outputs == "concat":
                 outputs.append(h)
-        if pool_at == n_layers:
+        if pool_at == n_layers and not pooled:
             h, outputs = self._pool_outputs(h, outputs, pool)
         out = (torch.cat(outputs, dim=-1) if cfg.layer_outputs == "concat" else h).squeeze(2)  # [B, C, S]
         # concat keeps the code's layout: order-major, the layers' outputs inside each order

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from canctr.layers.inference import tanh_
 from canctr.layers.mlp import MLP, Norm
 
 
@@ -98,10 +99,16 @@ class AUGRU(nn.Module):
             self.input_proj.bias.zero_()
             self.input_proj.bias[: 2 * H].fill_(1.0)
 
-    def forward(self, x: Tensor, attention: Tensor, mask: Tensor) -> Tensor:
-        """x [B, L, D], attention [B, L], mask [B, L] bool -> final state [B, H]."""
+    def forward(self, x: Tensor, attention: Tensor, mask: Tensor, rows: Tensor | None = None) -> Tensor:
+        """x [B, L, D], attention [B, L], mask [B, L] bool -> final state [B, H].
+
+        rows: [B] row of x for each of the B sequences (x then has its own number of rows, e.g. one per user
+        while attention and mask have one per candidate): the input projection runs once per row of x."""
         H = self.hidden_dim
-        x_gates, x_cand = self.input_proj(x).split([2 * H, H], dim=-1)  # [B, L, 2H], [B, L, H]
+        proj = self.input_proj(x)
+        if rows is not None:
+            proj = proj.index_select(0, rows)
+        x_gates, x_cand = proj.split([2 * H, H], dim=-1)  # [B, L, 2H], [B, L, H]
         paper = self.form == "paper"
         if torch.compiler.is_exporting():  # torch.export / ONNX: a scan over time keeps L dynamic (ONNX Scan)
             return _augru_scan_export(x_gates, x_cand, attention, mask, self.gate_proj.weight, self.cand_proj.weight,
@@ -110,6 +117,8 @@ class AUGRU(nn.Module):
             keep = (attention if paper else 1.0 - attention).unsqueeze(-1)
             return _augru_loop()(x_gates, x_cand, keep, mask.unsqueeze(-1), self.gate_proj.weight.t(),
                                self.cand_proj.weight.t(), paper)
+        if not torch.is_grad_enabled():  # inference: nothing kept for a backward
+            return _augru_infer(x_gates, x_cand, attention, mask, self.gate_proj.weight, self.cand_proj.weight, paper)
         return _AUGRUScan.apply(x_gates, x_cand, attention, mask, self.gate_proj.weight, self.cand_proj.weight, paper)
 
     def reference_forward(self, x: Tensor, attention: Tensor, mask: Tensor) -> Tensor:
@@ -130,6 +139,26 @@ class AUGRU(nn.Module):
                 h_new = (1.0 - u) * h + u * c
             h = torch.where(mask[:, t, None], h_new, h)
         return h
+
+
+def _augru_infer(x_gates: Tensor, x_cand: Tensor, attention: Tensor, mask: Tensor, w_gates: Tensor, w_cand: Tensor,
+                 paper: bool) -> Tensor:
+    """`_AUGRUScan.forward` without what its backward needs (shapes as there): the loop stops at the longest
+    row, and when every row has that length (one user's candidates) the per-step masking is skipped."""
+    B, L, H = x_cand.shape
+    keep = (attention if paper else 1.0 - attention).unsqueeze(-1)  # [B, L, 1]
+    lengths = mask.sum(1)
+    steps = int(lengths.max()) if B else 0
+    full = bool((lengths == steps).all())
+    h = x_cand.new_zeros(B, H)
+    wg_t, wc_t = w_gates.t(), w_cand.t()
+    for t in range(steps):
+        g = torch.addmm(x_gates[:, t], h, wg_t).sigmoid_()
+        c = tanh_(torch.addmm(x_cand[:, t], g[:, :H] * h, wc_t))
+        ue = g[:, H:] * keep[:, t]
+        h_new = torch.lerp(h, c, ue) if paper else torch.lerp(c, h, ue)
+        h = h_new if full else torch.where(mask[:, t, None], h_new, h)
+    return h
 
 
 def _augru_step(h: Tensor, xg: Tensor, xc: Tensor, keep: Tensor, valid: Tensor, wg_t: Tensor, wc_t: Tensor,

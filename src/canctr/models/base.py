@@ -8,7 +8,10 @@ The model contract:
 * a model whose training needs sampled negatives from the loader (DIEN's auxiliary loss) says so with a
   method `needs_negatives() -> tuple[str, ...]` returning the sequence groups to draw them for; the
   trainer passes `negative_groups(model)` to `BatchLoader(negatives=...)`, and the batch then carries
-  `batch.negatives[field]` [B, L_g] for every field of those groups. Models without the method need none.
+  `batch.negatives[field]` [B, L_g] for every field of those groups. Models without the method need none;
+* a model that can score a user-shared batch (`Batch.user`: the user's fields once, its candidates as rows;
+  serving) says so with the class attribute `shares_user_side = True` and then computes its user-side work
+  once per user; `shares_user_side(model)` tells, and a caller gives any other model `batch.expanded()`.
 """
 
 from __future__ import annotations
@@ -42,6 +45,15 @@ def negative_groups(model: nn.Module) -> tuple[str, ...]:
     return tuple(needs()) if callable(needs) else ()
 
 
+def shares_user_side(model: nn.Module) -> bool:
+    """Whether `model` takes a user-shared batch (see the module docstring); wrappers are looked through."""
+    for attr in ("module", "_orig_mod"):
+        inner = getattr(model, attr, None)
+        if isinstance(inner, nn.Module):
+            return shares_user_side(inner)
+    return bool(getattr(model, "shares_user_side", False))
+
+
 @dataclass
 class BackboneConfig:
     """Fields every model with an MLP shares; defaults from the official code (`train.py`, `build_fcn_net`)."""
@@ -61,4 +73,4 @@ def head(config: BackboneConfig, in_dim: int, late_dim: int = 0) -> MLP:
                late_dim=late_dim)
 
 
-__all__ = ["BackboneConfig", "ModelOutput", "head", "negative_groups"]
+__all__ = ["BackboneConfig", "ModelOutput", "head", "negative_groups", "shares_user_side"]

@@ -100,6 +100,7 @@ class CartesianBlock(nn.Module):
         self.out_dim = len(pairs) * dim
 
     def forward(self, batch: Batch) -> Tensor:
+        batch = batch.expanded()  # a pair id joins a candidate's id with its user's: one row per candidate
         return torch.cat([p(batch) for p in self.pairs], dim=-1)
 
 

@@ -176,21 +176,38 @@ class CoActionBlock(nn.Module):
         # one lookup per field and role: [B, width] for a categorical field, [B, L, width] for a sequence
         inducers = {f: self.induction[self.table_of[f]](batch[f]) for f in dict.fromkeys(i for i, _ in self.sides)}
         fed = {f: self.feed[self.table_of[f]](batch[f]) for f in dict.fromkeys(f for _, f in self.sides)}
-        B = batch.size
-        ind_parts, feed_parts, masks = [], [], []
+        B, user = batch.size, batch.user
+        shared_user = batch.user_fields if user is not None else frozenset()
+        ind_parts, feed_parts, masks, shared = [], [], [], []
         for (i, f), (bi, bf), group in zip(self.sides, self.blocks, self.groups, strict=True):
             feed = fed[f][..., bf * D : (bf + 1) * D]
-            feed_parts.append(feed if feed.dim() == 3 else feed.unsqueeze(1))  # a fed categorical id: [B, 1, D]
-            ind_parts.append(inducers[i][..., bi * P : (bi + 1) * P])
-            masks.append(batch.mask(group) if group is not None else torch.ones(B, 1, dtype=torch.bool,
-                                                                               device=feed.device))
+            ind = inducers[i][..., bi * P : (bi + 1) * P]
+            mask = batch.mask(group) if group is not None else None
+            # a user-shared batch (serving): a candidate's micro-MLP fed by its user's history runs the feed side
+            # once per user (CoAction.shared_forward); any other pair gets its user side gathered per candidate
+            per_user = f in shared_user and feed.dim() == 3 and i not in shared_user and ind.dim() == 2
+            if user is not None and not per_user:
+                ind = ind.index_select(0, user) if i in shared_user else ind
+                feed = feed.index_select(0, user) if f in shared_user else feed
+                mask = mask.index_select(0, user) if mask is not None and group in batch.user_groups else mask
+            feed_parts.append(feed if feed.dim() == 3 else feed.unsqueeze(1))  # a fed categorical id: [N, 1, D]
+            ind_parts.append(ind)
+            masks.append(mask if mask is not None else torch.ones(B, 1, dtype=torch.bool, device=feed.device))
+            shared.append(per_user)
         n = len(self.sides)
-        if n > 1 and all(t.shape == parts[0].shape for parts in (ind_parts, feed_parts, masks) for t in parts[1:]):
+        same = n > 1 and all(t.shape == parts[0].shape for parts in (ind_parts, feed_parts, masks) for t in parts[1:])
+        if same and (all(shared) or not any(shared)):
             # same shapes (the public layout's item and cate pairs): one unit call over the pairs stacked on the
             # batch axis halves the number of small ops; per-sample math is unchanged. [n*B, ...] -> [B, n * S]
-            out = self.unit(torch.cat(ind_parts), torch.cat(feed_parts), torch.cat(masks))
+            args = (torch.cat(ind_parts), torch.cat(feed_parts), torch.cat(masks))
+            if shared[0]:  # the users stacked likewise: pair j's candidates read users j*U ...
+                U = feed_parts[0].shape[0]
+                out = self.unit.shared_forward(*args, torch.cat([user + j * U for j in range(n)]))
+            else:
+                out = self.unit(*args)
             return out.view(n, B, -1).transpose(0, 1).reshape(B, -1)
-        return torch.cat([self.unit(*args) for args in zip(ind_parts, feed_parts, masks)], dim=-1)
+        return torch.cat([self.unit.shared_forward(*args, user) if s_ else self.unit(*args)
+                          for *args, s_ in zip(ind_parts, feed_parts, masks, shared, strict=True)], dim=-1)
 
 
 def _tables(schema: Schema, widths: dict[str, int], init: EmbeddingInit) -> nn.ModuleDict:

@@ -39,6 +39,8 @@ class DeepFFMConfig(DNNConfig):
     description="DNN logit + LR + field-aware FM over the field view (CAN code's Model_DeepFFM)",
 )
 class DeepFFM(DNN):
+    shares_user_side = False  # its own terms read one row per candidate
+
     def __init__(self, schema: Schema, config: DeepFFMConfig, blocks: Sequence[FeatureBlock] = ()) -> None:
         super().__init__(schema, config, blocks)
         self.ffm = FFM(schema, FFMConfig(embed_dim=config.embed_dim, init=config.init))

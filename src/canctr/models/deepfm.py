@@ -52,6 +52,8 @@ class DeepFMConfig(DNNConfig):
     description="Linear(3->1) over [DNN logit, FM and LR over the field view (target fields, summed keys)] (CAN code)",
 )
 class DeepFM(DNN):
+    shares_user_side = False  # its own terms read one row per candidate
+
     def __init__(self, schema: Schema, config: DeepFMConfig, blocks: Sequence[FeatureBlock] = ()) -> None:
         super().__init__(schema, config, blocks)
         self.fields = self.embed.roles.view

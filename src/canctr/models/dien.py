@@ -54,6 +54,10 @@ class DIENConfig(BackboneConfig):
     description="GRU interest extractor + auxiliary loss, attention, AUGRU interest evolution -> MLP with Dice",
 )
 class DIEN(nn.Module):
+    # a user-shared batch (serving): the history's lookups, the interest extractor GRU and the AUGRU's input
+    # projection run once per user; attention and the AUGRU's recurrence per candidate
+    shares_user_side = True
+
     def __init__(self, schema: Schema, config: DIENConfig, blocks: Sequence[FeatureBlock] = ()) -> None:
         super().__init__()
         Roles.of(schema.spec).require_attention("DIEN")
@@ -72,8 +76,8 @@ class DIEN(nn.Module):
         return (self.embed.roles.group,) if self.aux_weight else ()
 
     def forward(self, batch: Batch) -> ModelOutput:
-        e = self.embed(batch)
-        states = self.extractor(e.keys, e.mask)  # [B, L, H]
+        e = self.embed(batch, shared=True)
+        states = self.extractor(e.keys, e.mask)  # [B, L, H] (U rows on a user-shared batch)
         aux_losses = {}
         if self.training and self.aux_weight:
             keys = self.embed.roles.keys
@@ -83,7 +87,8 @@ class DIEN(nn.Module):
                                  "negatives=negative_groups(model) (or set aux_weight=0)")
             negative = torch.cat([self.embed.lookup(k, batch.negatives[k]) for k in keys], dim=-1)  # [B, L, K*E]
             aux_losses["aux"] = self.aux_weight * self.aux_loss(states, e.keys, negative, e.mask)
-        weights, _ = self.attention(e.target, states, e.mask)  # [B, L]
-        final = self.evolution(states, weights, e.mask)  # [B, H]
-        x = e.inputs(extra=[e.target * e.key_sum, final, *(b(batch) for b in self.blocks)])
+        rows, mask = e.rows_of(), e.by_group(e.mask)  # rows: the user of each candidate when states are per user
+        weights, _ = self.attention(e.target, states, mask, rows=rows)  # [B, L]
+        final = self.evolution(states, weights, mask, rows=rows)  # [B, H]
+        x = e.inputs(extra=[e.target * e.by_group(e.key_sum), final, *(b(batch) for b in self.blocks)])
         return ModelOutput(logits=self.mlp(x).squeeze(-1), aux_losses=aux_losses)

@@ -43,6 +43,8 @@ class DINConfig(BackboneConfig):
     description="target attention over the behaviour sequence (DIEN/CAN code's Model_DIN) -> MLP with Dice",
 )
 class DIN(nn.Module):
+    shares_user_side = True  # a user-shared batch: the history is looked up and summed once per user
+
     def __init__(self, schema: Schema, config: DINConfig, blocks: Sequence[FeatureBlock] = ()) -> None:
         super().__init__()
         Roles.of(schema.spec).require_attention("DIN")
@@ -53,7 +55,7 @@ class DIN(nn.Module):
         self.mlp = head(config, self.embed.input_dim + 2 * d + sum(b.out_dim for b in self.blocks))
 
     def forward(self, batch: Batch) -> ModelOutput:
-        e = self.embed(batch)
-        _, interest = self.attention(e.target, e.keys, e.mask)  # [B, K*E]
-        x = e.inputs(extra=[e.target * e.key_sum, interest, *(b(batch) for b in self.blocks)])
+        e = self.embed(batch, shared=True)
+        _, interest = self.attention(e.target, e.keys, e.by_group(e.mask), rows=e.rows_of())  # [B, K*E]
+        x = e.inputs(extra=[e.target * e.by_group(e.key_sum), interest, *(b(batch) for b in self.blocks)])
         return ModelOutput(logits=self.mlp(x).squeeze(-1))

@@ -42,6 +42,8 @@ class DNNConfig(BackboneConfig):
     description="[fields, masked sums of the sequences, dense] -> MLP",
 )
 class DNN(nn.Module):
+    shares_user_side = True  # takes a user-shared batch (Batch.user): the user's fields are looked up once
+
     def __init__(self, schema: Schema, config: DNNConfig, blocks: Sequence[FeatureBlock] = ()) -> None:
         super().__init__()
         self.embed = FeatureEmbeddings(schema, config.embed_dim, config.init)
@@ -49,7 +51,7 @@ class DNN(nn.Module):
         self.mlp = head(config, self.embed.input_dim + sum(b.out_dim for b in self.blocks))
 
     def forward(self, batch: Batch) -> ModelOutput:
-        return ModelOutput(logits=self.dnn_logit(batch, self.embed(batch)))
+        return ModelOutput(logits=self.dnn_logit(batch, self.embed(batch, shared=True)))
 
     def dnn_logit(self, batch: Batch, e: Embedded) -> Tensor:
         """The MLP's logit [B]; models that add terms to it (DeepFM, xDeepFM, Wide&Deep) reuse `e`."""

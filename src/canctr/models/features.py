@@ -147,7 +147,12 @@ class FeatureEmbeddings(nn.Module):
             self.tables[table] = current
         return current
 
-    def forward(self, batch: Batch) -> Embedded:
+    def forward(self, batch: Batch, shared: bool = False) -> Embedded:
+        """The batch's embeddings. `shared`: the caller reads the user side of a user-shared batch (`Batch.user`)
+        through `Embedded.by_field` / `by_group`; a model that does not is refused such a batch."""
+        if batch.user is not None and not shared:
+            raise ValueError("this model takes one row per candidate: give it batch.expanded(), not a user-shared "
+                             "batch")
         return Embedded(self, batch)
 
 
@@ -155,10 +160,15 @@ class Embedded:
     """One batch's representation embeddings: every field looked up once; the target, the keys and their
     masked sum are built with them (every model reads them), the other views on first use. The lookups run
     in the pre-spec models' order (keys, others, query, then the rest), so that with the public layout the
-    gradients accumulate in the same order and training reproduces the earlier runs bit for bit."""
+    gradients accumulate in the same order and training reproduces the earlier runs bit for bit.
+
+    On a user-shared batch (`Batch.user`, serving) the user-side fields are looked up once per user: their
+    values, the keys, `mask`, `key_sum` and the pooled sequences have U rows; `by_field` / `by_group` give a
+    user-side tensor's rows per candidate, and `target` and `inputs()` are per candidate [B, ...] always."""
 
     def __init__(self, collection: FeatureEmbeddings, batch: Batch) -> None:
         self.batch = batch
+        self.user = batch.user  # [B] the user row of each candidate, or None (every field has B rows)
         r = self.roles = collection.roles
         self.dim = collection.dim
         self.group_of = collection.group_of
@@ -174,15 +184,32 @@ class Embedded:
         self.keys: Tensor | None = torch.cat(look(r.keys), dim=-1) if r.keys else None
         look(r.others)
         # [B, Q*E], the query fields' embeddings concatenated (the code's item_eb)
-        self.target = torch.cat(look(r.query), dim=-1) if r.query else batch.label.new_zeros(batch.size, 0)
+        self.target = torch.cat([self.by_field(t, q) for q, t in zip(r.query, look(r.query), strict=True)], dim=-1) \
+            if r.query else batch.label.new_zeros(batch.size, 0)
         # [B, K*E], the keys summed over their valid positions (one masked sum for all key fields)
         self.key_sum: Tensor | None = masked_sum(self.keys, self.mask) if r.keys else None
         look([name for name in collection.fields if name not in self.values])
 
     @property
     def mask(self) -> Tensor:
-        """[B, L] bool, the keys' valid positions."""
+        """[B, L] bool (U rows when the keys are user-shared), the keys' valid positions."""
         return self.batch.mask(self.roles.group)
+
+    def by_field(self, t: Tensor, name: str) -> Tensor:
+        """`t`, computed from field `name` on its native rows, per candidate: gathered by user when the field is
+        user-shared in this batch, else `t` itself."""
+        return t if self.user is None or name not in self.batch.user_fields else t.index_select(0, self.user)
+
+    def rows_of(self, group: str | None = None) -> Tensor | None:
+        """[B] the row of each candidate in sequence group `group`'s tensors (default: the keys'): the user
+        index when the group is user-shared in this batch, else None (one row per candidate already)."""
+        group = self.roles.group if group is None else group
+        return self.user if self.user is not None and group in self.batch.user_groups else None
+
+    def by_group(self, t: Tensor, group: str | None = None) -> Tensor:
+        """`t`, computed from sequence group `group` (default: the keys') on its native rows, per candidate."""
+        rows = self.rows_of(group)
+        return t if rows is None else t.index_select(0, rows)
 
     def key_pool(self, pool: Pool = "sum") -> Tensor:
         """[B, K*E], the keys' masked sum ("sum") or mean over the valid positions ("mean")."""
@@ -205,19 +232,19 @@ class Embedded:
 
     def view(self, names: Sequence[str], pool: Pool = "sum") -> Tensor:
         """The FM family's field view [B, F, E] of `names`, sequences pooled."""
-        return torch.stack([self.pooled(n, pool) for n in names], dim=1)
+        return torch.stack([self.by_field(self.pooled(n, pool), n) for n in names], dim=1)
 
     def inputs(self, pool: Pool = "sum", extra: Sequence[Tensor] = ()) -> Tensor:
         """The MLP input [B, input_dim (+ extra widths)]: [others, target, pooled keys, pooled bags, dense,
         *extra], one concatenation (a model's own features, e.g. DIN's interest, and the blocks' outputs
         go into `extra`)."""
         r = self.roles
-        parts = [self.values[o] for o in r.others]
+        parts = [self.by_field(self.values[o], o) for o in r.others]
         if r.query:
             parts.append(self.target)
         if r.keys:
-            parts.append(self.key_pool(pool))
-        parts += [self.pooled(b, pool) for b in r.bags]
+            parts.append(self.by_group(self.key_pool(pool)))
+        parts += [self.by_field(self.pooled(b, pool), b) for b in r.bags]
         if r.dense:
             parts.append(self.dense)
         return torch.cat([*parts, *extra], dim=-1)
@@ -264,6 +291,8 @@ class FieldEmbeddings(nn.Module):
                 self.tables[self.table_of[n]] = embedding_table(schema.vocab[self.table_of[n]], dim, init)
 
     def forward(self, batch: Batch) -> Tensor:
+        if batch.user is not None:
+            raise ValueError("FieldEmbeddings takes one row per candidate: give it batch.expanded()")
         columns = []
         for n in self.fields:
             x = self.tables[self.table_of[n]](batch[n])  # [B, W] or, for a sequence, [B, L, W]

@@ -44,6 +44,8 @@ class WideDeepConfig(DNNConfig):
     description="linear model over ids + the spec's Cartesian cross ids, plus the DNN logit",
 )
 class WideDeep(DNN):
+    shares_user_side = False  # its own terms read one row per candidate
+
     def __init__(self, schema: Schema, config: WideDeepConfig, blocks: Sequence[FeatureBlock] = ()) -> None:
         super().__init__(schema, config, blocks)
         self.wide = LinearFeatures(schema, [f.name for f in schema.spec.sparse], config.init)

@@ -48,6 +48,8 @@ class XDeepFMConfig(DNNConfig):
     description="DNN logit + CIN (256, 256, 256, split-half) over the field view (target fields, pooled keys)",
 )
 class XDeepFM(DNN):
+    shares_user_side = False  # its own terms read one row per candidate
+
     def __init__(self, schema: Schema, config: XDeepFMConfig, blocks: Sequence[FeatureBlock] = ()) -> None:
         super().__init__(schema, config, blocks)
         self.hist_pool = config.hist_pool

@@ -10,6 +10,9 @@ in this order (`input_specs(spec)`; names are stable: a spec field name never co
     <field>            int64 [batch, len_<g>]    every sequence field of group g, 0-padded on the right)
     lengths.<g>        int64 [batch]             the valid positions of each sequence group, spec order
     dense.values       float32 [batch, D]        the spec's dense fields, normalised (only when D > 0)
+    row.user           int64 [batch]             models that share the user side (`shares_user_side`):
+                                                 each row's user; the user-side fields and their groups'
+                                                 lengths then have a "users" axis instead of "batch"
 
 and it returns `prob` (the click probability, sigmoid of the logit) and `logit`, both float32 [batch]. One
 row is one (user, candidate) pair: the candidate count is the batch axis. The masks are built inside from
@@ -42,9 +45,10 @@ import torch
 from torch import Tensor, nn
 
 from canctr import __version__
-from canctr.data.batch import Batch, lengths_to_mask
+from canctr.data.batch import Batch, lengths_to_mask, user_side
 from canctr.data.schema import Schema
 from canctr.data.spec import FeatureSpec
+from canctr.models.base import shares_user_side
 from canctr.models.registry import config_dict
 
 ONNX_OPSET = 18
@@ -52,6 +56,7 @@ FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
 MANIFEST_VERSION = 1
 PARITY_TOL = 1e-5  # max abs difference of the probabilities, exported vs eager, checked at export time
 DENSE_INPUT = "dense.values"
+USER_INPUT = "row.user"  # the user of each row, for a model exported with its user side shared
 OUTPUTS = ("prob", "logit")
 
 
@@ -64,7 +69,7 @@ class InputSpec:
     """One input of an exported model. shape: axis names, "batch" or "len_<group>" (dynamic) or an int."""
 
     name: str
-    kind: str  # "sparse" | "lengths" | "dense"
+    kind: str  # "sparse" | "lengths" | "dense" | "user"
     dtype: str  # "int64" | "float32"
     shape: tuple[str | int, ...]
     field: str = ""  # sparse: the spec field
@@ -83,17 +88,22 @@ def length_axis(group: str) -> str:
     return f"len_{group}"
 
 
-def input_specs(spec: FeatureSpec) -> list[InputSpec]:
-    """The exported model's inputs in call order (see the module docstring)."""
+def input_specs(spec: FeatureSpec, shared: bool = False) -> list[InputSpec]:
+    """The exported model's inputs in call order (see the module docstring); `shared`: the user-shared form."""
+    fields, groups = user_side(spec) if shared else (frozenset(), frozenset())
     out = []
     for f in spec.sparse:
+        rows = "users" if f.name in fields else "batch"
         if f.kind == "sequence":
-            out.append(InputSpec(f.name, "sparse", "int64", ("batch", length_axis(f.group)), f.name, f.group))
+            out.append(InputSpec(f.name, "sparse", "int64", (rows, length_axis(f.group)), f.name, f.group))
         else:
-            out.append(InputSpec(f.name, "sparse", "int64", ("batch",), f.name))
-    out += [InputSpec(f"lengths.{g.name}", "lengths", "int64", ("batch",), group=g.name) for g in spec.sequences]
+            out.append(InputSpec(f.name, "sparse", "int64", (rows,), f.name))
+    out += [InputSpec(f"lengths.{g.name}", "lengths", "int64", ("users" if g.name in groups else "batch",),
+                      group=g.name) for g in spec.sequences]
     if spec.dense:
         out.append(InputSpec(DENSE_INPUT, "dense", "float32", ("batch", len(spec.dense))))
+    if shared:
+        out.append(InputSpec(USER_INPUT, "user", "int64", ("batch",)))
     return out
 
 
@@ -112,6 +122,8 @@ class ExportModule(nn.Module):
     def __init__(self, model: nn.Module, spec: FeatureSpec) -> None:
         super().__init__()
         self.model = model.eval()
+        self.shared = shares_user_side(model)  # takes the user-shared form (USER_INPUT)
+        self.user_fields, self.user_groups = user_side(spec) if self.shared else (frozenset(), frozenset())
         self.sparse = [f.name for f in spec.sparse]
         self.groups = [g.name for g in spec.sequences]
         # one field per group gives the group's padded width (every field of a group has the same width)
@@ -123,49 +135,64 @@ class ExportModule(nn.Module):
         sparse = dict(zip(self.sparse, inputs[:n]))
         lengths = dict(zip(self.groups, inputs[n : n + k]))
         dense = inputs[n + k] if self.has_dense else None
+        user = inputs[-1] if self.shared else None
         masks = {g: lengths_to_mask(lengths[g], sparse[self.width_field[g]].shape[1]) for g in self.groups}
-        B = inputs[0].shape[0]
+        B = (user if user is not None else inputs[0]).shape[0]
         batch = _TensorBatch(label=inputs[0].new_zeros(B, dtype=torch.float32), group=inputs[0].new_zeros(B),
-                             sparse=sparse, lengths=lengths, masks=masks, dense=dense)
+                             sparse=sparse, lengths=lengths, masks=masks, dense=dense, user=user,
+                             user_fields=self.user_fields, user_groups=self.user_groups)
         logit = self.model(batch).logits
         return torch.sigmoid(logit), logit
 
 
-def tensor_inputs(batch: Batch, spec: FeatureSpec) -> tuple[Tensor, ...]:
-    """A `Batch` as the exported model's inputs, in `input_specs` order."""
+def tensor_inputs(batch: Batch, spec: FeatureSpec, shared: bool = False) -> tuple[Tensor, ...]:
+    """A `Batch` as the exported model's inputs, in `input_specs(spec, shared)` order. For the shared form a batch
+    with one row per candidate is given as its own users (row.user = 0..B-1); for the other, a user-shared batch
+    is expanded."""
+    if not shared:
+        batch = batch.expanded()
     out = [batch.sparse[f.name] for f in spec.sparse] + [batch.lengths[g.name] for g in spec.sequences]
     if spec.dense:
         if batch.dense is None:
             raise ValueError(f"the spec has dense fields {[f.name for f in spec.dense]} but the batch carries none")
         out.append(batch.dense.float())
+    if shared:
+        out.append(batch.user if batch.user is not None else torch.arange(batch.size, device=batch.label.device))
     return tuple(out)
 
 
-def example_inputs(schema: Schema, batch: int, widths: dict[str, int], seed: int = 0) -> tuple[Tensor, ...]:
+def example_inputs(schema: Schema, batch: int, widths: dict[str, int], seed: int = 0,
+                   users: int | None = None) -> tuple[Tensor, ...]:
     """Random valid inputs: ids in each table's range, lengths in [0, width] (row 0 full, row 1 empty), ids
-    beyond a row's length 0 (padding). Shapes follow `input_specs`."""
+    beyond a row's length 0 (padding). Shapes follow `input_specs(spec, shared=users is not None)`; with `users`
+    the user-side fields have that many rows and each candidate row a random user (the first and last drawn)."""
     spec = schema.spec
+    fields, groups = user_side(spec) if users is not None else (frozenset(), frozenset())
     g = torch.Generator().manual_seed(seed)
     lengths = {}
     for grp in spec.sequences:
-        w = widths[grp.name]
-        n = torch.randint(0, w + 1, (batch,), generator=g)
+        w, n_rows = widths[grp.name], users if grp.name in groups else batch
+        n = torch.randint(0, w + 1, (n_rows,), generator=g)
         n[0] = w
-        if batch > 1:
+        if n_rows > 1:
             n[1] = 0
         lengths[grp.name] = n
     out = []
     for f in spec.sparse:
-        rows = schema.vocab[f.table]
+        rows, n_rows = schema.vocab[f.table], users if f.name in fields else batch
         if f.kind == "sequence":
             w = widths[f.group]
-            ids = torch.randint(0, rows, (batch, w), generator=g)
+            ids = torch.randint(0, rows, (n_rows, w), generator=g)
             out.append(ids * lengths_to_mask(lengths[f.group], w))
         else:
-            out.append(torch.randint(0, rows, (batch,), generator=g))
+            out.append(torch.randint(0, rows, (n_rows,), generator=g))
     out += [lengths[grp.name] for grp in spec.sequences]
     if spec.dense:
         out.append(torch.randn(batch, len(spec.dense), generator=g))
+    if users is not None:
+        user = torch.randint(0, users, (batch,), generator=g)
+        user[0], user[-1] = 0, users - 1
+        out.append(user)
     return tuple(out)
 
 
@@ -181,12 +208,19 @@ EXAMPLE_BATCH = 5
 CHECK_BATCH = 3
 
 
+def _example(module: ExportModule, schema: Schema, batch: int, base: int, seed: int = 0) -> tuple[Tensor, ...]:
+    """Example inputs in `module`'s form: with fewer users than rows when it shares the user side (a users axis
+    distinct from the batch and the widths, as `_example_widths` explains)."""
+    users = max(2, (batch + 1) // 2) if module.shared else None
+    return example_inputs(schema, batch, _example_widths(schema.spec, base), seed=seed, users=users)
+
+
 def export_onnx(module: ExportModule, schema: Schema, path: Path, opset: int = ONNX_OPSET) -> None:
     """Write `module` as ONNX (torch.export based exporter), batch and every group length dynamic."""
     spec = schema.spec
-    specs = input_specs(spec)
-    args = example_inputs(schema, EXAMPLE_BATCH, _example_widths(spec, 7))
-    dims = {"batch": torch.export.Dim("batch")}
+    specs = input_specs(spec, module.shared)
+    args = _example(module, schema, EXAMPLE_BATCH, 7)
+    dims = {"batch": torch.export.Dim("batch"), "users": torch.export.Dim("users")}
     for g in spec.sequences:
         dims[length_axis(g.name)] = torch.export.Dim(length_axis(g.name))
     dynamic = tuple({i: dims[a] for i, a in enumerate(s.shape) if isinstance(a, str)} for s in specs)
@@ -205,7 +239,7 @@ def export_onnx(module: ExportModule, schema: Schema, path: Path, opset: int = O
 
 def export_torchscript(module: ExportModule, schema: Schema, path: Path) -> None:
     """Write `module` traced (`torch.jit.trace`); its loops (AUGRU) are scripted functions, so they stay loops."""
-    args = example_inputs(schema, EXAMPLE_BATCH, _example_widths(schema.spec, 7))
+    args = _example(module, schema, EXAMPLE_BATCH, 7)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # TracerWarnings of shape-dependent Python; the parity check decides
         traced = torch.jit.trace(module, args, check_trace=False)
@@ -235,10 +269,10 @@ def _check_parity(module: ExportModule, schema: Schema, path: Path) -> float:
             import onnxruntime  # noqa: F401
         except ImportError:
             return float("nan")
-    names = [s.name for s in input_specs(schema.spec)]
+    names = [s.name for s in input_specs(schema.spec, module.shared)]
     worst = 0.0
     for batch, base, seed in ((CHECK_BATCH, 2, 1), (EXAMPLE_BATCH + 6, 11, 2)):
-        inputs = example_inputs(schema, batch, _example_widths(schema.spec, base), seed=seed)
+        inputs = _example(module, schema, batch, base, seed)
         with torch.no_grad():
             eager = module(*inputs)[0]
         got = run_exported(path, inputs, names)[0]
@@ -329,7 +363,8 @@ def build_manifest(model: nn.Module, schema: Schema, fmt: str, checkpoint: Path,
         "checkpoint": {"sha256": sha256_file(checkpoint / "model.safetensors"), "path": str(checkpoint)},
         "dataset": schema.dataset,
         "spec": spec.to_dict(),
-        "inputs": [s.to_dict() for s in input_specs(spec)],
+        "shared_user": shares_user_side(model),  # inputs in the user-shared form (row.user)
+        "inputs": [s.to_dict() for s in input_specs(spec, shares_user_side(model))],
         "outputs": [{"name": n, "dtype": "float32", "shape": ["batch"]} for n in OUTPUTS],
         "max_len": {g.name: g.max_len for g in spec.sequences},
         "vocab": tables,
@@ -397,6 +432,6 @@ def load_manifest(export_dir: str | os.PathLike) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-__all__ = ["DENSE_INPUT", "ExportError", "ExportModule", "FORMATS", "InputSpec", "ONNX_OPSET", "OUTPUTS",
+__all__ = ["DENSE_INPUT", "USER_INPUT", "ExportError", "ExportModule", "FORMATS", "InputSpec", "ONNX_OPSET", "OUTPUTS",
            "build_manifest", "example_inputs", "export_run", "input_specs", "load_manifest", "run_exported",
            "tensor_inputs"]

@@ -33,7 +33,8 @@ import pyarrow as pa
 import torch
 
 from canctr import __version__
-from canctr.data.batch import Batch
+from canctr.data.batch import Batch, user_side
+from canctr.models.base import shares_user_side
 from canctr.serve.export import (
     ExportError,
     _checkpoint_dir,
@@ -108,8 +109,11 @@ class Scorer:
                  model: torch.nn.Module | None = None, session: Any = None) -> None:
         self.engine, self.spec, self.mapper, self.info, self.limits = engine, spec, mapper, info, limits
         self.model, self.session = model, session
-        self.input_names = [s.name for s in input_specs(spec)]
+        # the user side computed once per user: a torch model that shares it, or an export in the shared form
+        self.shared = shares_user_side(model) if model is not None else bool(info.get("shared_user"))
+        self.input_names = [s.name for s in input_specs(spec, self.shared)]
         self.sparse_names = [f.name for f in spec.sparse]
+        self.user_fields = user_side(spec)[0]
 
     # ------------------------------------------------------------------------------------ loading
 
@@ -142,7 +146,7 @@ class Scorer:
         mapper = RawIdMapper.from_run(run, config.data)
         info = {"model": model.model_name, "dataset": schema.dataset, "spec": schema.spec.to_dict(),
                 "vocab_sizes": dict(schema.vocab), "checkpoint": {"sha256": sha, "path": str(ckpt)},
-                "max_len": {g.name: g.max_len for g in schema.spec.sequences}}
+                "max_len": {g.name: g.max_len for g in schema.spec.sequences}, "shared_user": shares_user_side(model)}
         return cls(engine="torch", spec=schema.spec, mapper=mapper, info=info, limits=config.limits, model=model)
 
     @classmethod
@@ -177,6 +181,7 @@ class Scorer:
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
         info = {"model": manifest["model"], "dataset": manifest["dataset"], "spec": manifest["spec"],
+                "shared_user": bool(manifest.get("shared_user")),
                 "vocab_sizes": {t: v["size"] for t, v in manifest["vocab"].items()},
                 "checkpoint": {"sha256": sha, "path": str(ckpt)}, "max_len": manifest["max_len"],
                 "onnx": {"opset": manifest["opset"], "export": None if tmp else str(export),
@@ -192,13 +197,13 @@ class Scorer:
     def probabilities(self, batch: Batch) -> np.ndarray:
         """The model on N (user, candidate) rows -> [N] float32 click probabilities.
 
-        The one model call of the scorer. Today every row runs the whole model (the user's history is
-        repeated on each of its candidate rows); a shared user-side path replaces this function only."""
+        The one model call of the scorer. A user-shared batch (`Batch.user`, from `map_requests`) runs the user
+        side once per user where the model shares it (`self.shared`) and is expanded per row otherwise."""
         if self.session is not None:
-            feeds = {n: x.numpy() for n, x in zip(self.input_names, tensor_inputs(batch, self.spec))}
+            feeds = {n: x.numpy() for n, x in zip(self.input_names, tensor_inputs(batch, self.spec, self.shared))}
             return self.session.run(["prob"], feeds)[0]
         with torch.inference_mode():
-            return torch.sigmoid(self.model(batch).logits).float().numpy()
+            return torch.sigmoid(self.model(batch if self.shared else batch.expanded()).logits).float().numpy()
 
     def map_requests(self, requests: Sequence[tuple[Mapping[str, Any], Sequence[Mapping[str, Any]]]]
                      ) -> tuple[Batch, np.ndarray, dict[str, np.ndarray]]:
@@ -217,6 +222,9 @@ class Scorer:
         if K.max() > lim.max_candidates:
             raise RequestError(f"{int(K.max())} candidates exceed the limit of {lim.max_candidates}")
         row_user = np.repeat(np.arange(U), K)  # [N] the user of each row
+        # every user-side field given once per user: the batch keeps them so (one row per user) and the model's
+        # user side runs once per user; else (a user field sent per candidate) every field is repeated per row
+        by_user = all(name in u for u, _ in requests for name in self.user_fields)
         ids: dict[str, np.ndarray] = {}
         seqs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         dense: dict[str, np.ndarray] = {}
@@ -240,10 +248,11 @@ class Scorer:
             except TypeError:
                 raise RequestError("a user and every candidate must be objects") from None
             owner = np.arange(U) if shared else row_user  # [len(vals)] the user of each value
+            keep = shared and by_user and name in self.user_fields  # one row per user in the batch
             try:
                 if f.kind == "categorical":
                     idx = self.mapper.map_field(name, vals)
-                    ids[name] = idx[row_user] if shared else idx
+                    ids[name] = idx[row_user] if shared and not keep else idx
                     unknown[name] = np.bincount(owner, idx == 0, minlength=U)
                 elif f.kind == "sequence":
                     n = np.fromiter((0 if v is None else len(v) for v in vals), np.int64, len(vals))
@@ -251,14 +260,14 @@ class Scorer:
                         raise RequestError(f"field {name!r}: {int(n.max())} ids exceed the limit of "
                                            f"{lim.max_history} (the last {spec.sequence_group(f.group).max_len} "
                                            "are used)")
-                    n = n[row_user] if shared else n
+                    n = n[row_user] if shared and not keep else n
                     if f.group in raw_len and not np.array_equal(raw_len[f.group][1], n):
                         raise RequestError(f"sequence fields {raw_len[f.group][0]!r} and {name!r} (group "
                                            f"{f.group!r}) must have equal lengths")
                     raw_len.setdefault(f.group, (name, n))
                     flat, lens = self.mapper.map_sequence(name, _id_lists(vals))
                     unknown[name] = np.bincount(np.repeat(owner, lens), flat == 0, minlength=U)
-                    if shared:  # each user's ids repeated on its K rows: gather by index, no copy per row
+                    if shared and not keep:  # each user's ids repeated on its K rows: gather by index
                         starts = np.cumsum(lens) - lens
                         row_lens = lens[row_user]
                         pos = np.arange(int(row_lens.sum())) - np.repeat(np.cumsum(row_lens) - row_lens, row_lens)
@@ -271,7 +280,8 @@ class Scorer:
                 msg = str(e).splitlines()[0] if str(e) else type(e).__name__
                 raise RequestError(msg if msg.startswith("field") else f"field {name!r}: {msg}") from None
         try:
-            batch = make_batch(spec, ids, seqs, self.mapper.map_dense(dense) if spec.dense else None)
+            batch = make_batch(spec, ids, seqs, self.mapper.map_dense(dense) if spec.dense else None,
+                               user=row_user if by_user else None)
         except ValueError as e:
             raise RequestError(str(e)) from None
         return batch, K, unknown

@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from canctr.data.batch import Batch, lengths_to_mask
+from canctr.data.batch import Batch, lengths_to_mask, user_side
 from canctr.data.spec import FeatureSpec
 from canctr.data.table import stable_hash
 
@@ -322,10 +322,13 @@ def pad_rows(flat: np.ndarray, lengths: np.ndarray, width: int | None = None) ->
 
 def make_batch(spec: FeatureSpec, ids: Mapping[str, np.ndarray],
                sequences: Mapping[str, tuple[np.ndarray, np.ndarray]],
-               dense: np.ndarray | None = None) -> Batch:
+               dense: np.ndarray | None = None, user: np.ndarray | None = None) -> Batch:
     """A `Batch` from already-mapped arrays: ids[field] [B] for every categorical field, sequences[field] =
     (flat indices, lengths [B]) for every sequence field (the fields of one group must have equal lengths),
-    dense [B, D] float32 when the spec has dense fields. Each group is padded to its longest row."""
+    dense [B, D] float32 when the spec has dense fields. Each group is padded to its longest row.
+
+    user: [B] the user of each row; then the user-side fields (`canctr.data.batch.user_side`) hold one row per
+    user, U = user.max() + 1, and the batch is user-shared (`Batch.user`)."""
     missing = [f.name for f in spec.sparse if f.name not in (ids if f.kind == "categorical" else sequences)]
     if missing:
         raise ValueError(f"missing field(s) {missing}")
@@ -343,18 +346,27 @@ def make_batch(spec: FeatureSpec, ids: Mapping[str, np.ndarray],
             sparse[f.name] = torch.from_numpy(pad_rows(sequences[f.name][0], lens, width))
         lengths[g.name] = torch.from_numpy(lens)
         masks[g.name] = lengths_to_mask(lengths[g.name], width)
-    for t in sparse.values():
+    user_fields, user_groups = user_side(spec) if user is not None else (frozenset(), frozenset())
+    for name, t in sparse.items():
+        if name in user_fields:
+            continue
         B = t.shape[0] if B is None else B
         if t.shape[0] != B:
             raise ValueError("fields differ in their number of rows")
+    if user is not None:
+        B = len(user)
+        U = int(user.max()) + 1 if B else 0
+        if any(sparse[n].shape[0] != U for n in user_fields):
+            raise ValueError(f"user-side fields {sorted(user_fields)} must have one row per user ({U})")
     B = B or 0
     dense_t = None
     if spec.dense:
         if dense is None or np.asarray(dense).shape != (B, len(spec.dense)):
             raise ValueError(f"dense must be [{B}, {len(spec.dense)}] float32")
         dense_t = torch.from_numpy(np.ascontiguousarray(dense, np.float32))
+    user_t = None if user is None else torch.from_numpy(np.asarray(user, np.int64))
     return Batch(label=torch.zeros(B), group=torch.zeros(B, dtype=torch.long), sparse=sparse, lengths=lengths,
-                 masks=masks, dense=dense_t)
+                 masks=masks, dense=dense_t, user=user_t, user_fields=user_fields, user_groups=user_groups)
 
 
 def map_rows(mapper: RawIdMapper, columns: Mapping[str, Any]) -> Batch:
