@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
         if os.environ.get("CANCTR_DEBUG"):
             raise
-        # user-facing errors (bad files, bad config, divergence) without a traceback
+        # user-facing errors (bad files, bad config, divergence; checkpoint.CheckpointError, a ValueError, for
+        # damaged checkpoints and unwritable or full run directories) without a traceback
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"canctr {args.command}: error: {msg}", file=sys.stderr)
         return 2

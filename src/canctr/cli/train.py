@@ -34,7 +34,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             eval_batch_size=args.eval_batch_size, lr=args.lr, optimizer=args.optimizer, seed=args.seed,
             device=args.device, max_len=args.max_len, eval_max_len=args.eval_max_len, bucket=args.bucket,
             model_config=parse_overrides(args.set),
-            checkpoint_every=args.checkpoint_every, eval_every=args.eval_every, progress=not args.no_progress,
+            checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
+            eval_every=args.eval_every, progress=not args.no_progress,
         )
     except ValueError as e:  # name the command-line option, not the dataclass field
         raise ValueError(re.sub(r"TrainConfig\.(\w+)", lambda m: "--" + m[1].replace("_", "-"), str(e))) from None
@@ -73,8 +74,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="sort windows of BUCKET batches by history length (official iterator); 0 = off")
     add_set_argument(p, "model config override (JSON value), e.g. --set coaction.orders=2")
     p.add_argument("--checkpoint-every", type=int, default=0, help="steps between mid-epoch checkpoints")
+    p.add_argument("--keep-checkpoints", type=int, default=2, metavar="K",
+                   help="checkpoints kept: the newest and K-1 older ones that --resume falls back on (default 2)")
     p.add_argument("--eval-every", type=int, default=0, help="steps between extra evaluations (curves)")
-    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint if present")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest checkpoint in RUN_DIR that verifies, if there is one")
     add_no_progress_argument(p)
     p.set_defaults(func=cmd_train)
 

@@ -46,7 +46,7 @@ from canctr.report.summary import (
 from canctr.train.loop import TrainConfig, fit
 
 # config.json fields that do not change a run's results (where it lives, progress bar, checkpoint spacing)
-_NOT_COMPARED = ("out", "progress", "checkpoint_every")
+_NOT_COMPARED = ("out", "progress", "checkpoint_every", "keep_checkpoints")
 
 
 @dataclass

@@ -174,8 +174,8 @@ def to_csv(rows: Sequence[dict[str, Any]], fields: Sequence[str] | None = None) 
 # ---- `canctr compare` -----------------------------------------------------------------------------------
 
 # training settings that do not change what a run measures; runs differing only in these are grouped
-_NOT_IDENTITY = {"seed", "out", "progress", "device", "checkpoint_every", "eval_every", "log_every",
-                 "eval_batch_size"}
+_NOT_IDENTITY = {"seed", "out", "progress", "device", "checkpoint_every", "keep_checkpoints", "eval_every",
+                 "log_every", "eval_batch_size"}
 
 
 def compare_labels(records: Sequence[RunRecord]) -> list[str]:

@@ -30,7 +30,6 @@ to OUT: a model that cannot be exported raises `ExportError` naming the model an
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import logging
@@ -50,6 +49,7 @@ from canctr.data.schema import Schema
 from canctr.data.spec import FeatureSpec
 from canctr.models.base import shares_user_side
 from canctr.models.registry import config_dict
+from canctr.train.checkpoint import sha256_file
 
 ONNX_OPSET = 18
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
@@ -285,14 +285,6 @@ def _check_parity(module: ExportModule, schema: Schema, path: Path) -> float:
 
 
 # -------------------------------------------------------------------------------------------- runs
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _checkpoint_dir(run_dir: Path) -> Path:

@@ -27,7 +27,14 @@ from canctr.env import machine_description
 from canctr.memory import keep_freed_memory
 from canctr.models import create_model, make_config
 from canctr.models.base import negative_groups
-from canctr.train.checkpoint import load_model, load_training_state, save_checkpoint
+from canctr.train.checkpoint import (
+    check_disk_space,
+    check_writable,
+    load_model,
+    remove_checkpoints,
+    resume_training,
+    save_checkpoint,
+)
 from canctr.train.metrics import ctr_metrics
 from canctr.train.optim import OPTIMIZERS, make_optimizer
 
@@ -58,12 +65,13 @@ class TrainConfig:
     eval_max_len: int = 0  # 0: every stored position (the official code evaluates untruncated)
     model_config: dict[str, Any] = field(default_factory=dict)  # strict overrides of the model config
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: only at epoch ends)
+    keep_checkpoints: int = 2  # the newest + older ones that --resume falls back on if a newer one is damaged
     eval_every: int = 0  # steps between extra evaluations logged to curves (0: only at epoch ends)
     log_every: int = 50
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "eval_batch_size", "log_every"):
+        for name in ("epochs", "batch_size", "eval_batch_size", "log_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("max_len", "bucket", "eval_max_len", "checkpoint_every", "eval_every"):
@@ -152,7 +160,7 @@ def fit(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     schema = Schema.load(_prepared_dir(cfg.data))  # a bad --data fails before the run directory is made
     keep_freed_memory()  # the step's buffers stay in the heap (canctr/memory.py)
     run_dir = Path(cfg.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(run_dir)  # a read-only run directory fails now, not at the first checkpoint
     handler = _setup_logging(run_dir)
     try:
         return _fit(cfg, schema, run_dir, resume)
@@ -176,21 +184,23 @@ def _fit(cfg: TrainConfig, schema: Schema, run_dir: Path, resume: bool) -> dict[
     model_cfg = make_config(cfg.model, cfg.model_config)
     model = create_model(cfg.model, schema, model_cfg).to(device)
     optimizer = make_optimizer(model, cfg.lr, cfg.optimizer)
+    ckpt_dir = run_dir / "checkpoint"
+    check_disk_space(ckpt_dir, model, cfg.keep_checkpoints)  # a full disk fails now, not after an epoch
     train_loader, test_loader = _loaders(cfg, schema, model, device)
     if len(train_loader) == 0:
         raise ValueError(f"{cfg.data}: the training split is empty")
 
-    ckpt_dir = run_dir / "checkpoint"
     start_epoch, start_step, curves, train_seconds, seen = 0, 0, [], 0.0, 0
-    if resume and (ckpt_dir / "train_state.json").exists():
-        loaded, _ = load_model(ckpt_dir, device)
-        model.load_state_dict(loaded.state_dict())
-        state = load_training_state(ckpt_dir, optimizer)
+    resumed = resume_training(ckpt_dir, model, optimizer) if resume else None
+    if resumed is not None:
+        path, state = resumed
         if state.get("finished"):
             log.info("run already finished; re-evaluating only")
         start_epoch, start_step = state["epoch"], state["step"]
         curves, train_seconds, seen = state["curves"], state["train_seconds"], state["samples_seen"]
-        log.info("resumed from epoch %d step %d", start_epoch, start_step)
+        log.info("resumed from %s: epoch %d step %d", path.name, start_epoch, start_step)
+    elif not resume:
+        remove_checkpoints(ckpt_dir)  # an earlier run's, which --resume could otherwise fall back on
     (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2, sort_keys=True) + "\n")
 
     n_params = count_params(model)
@@ -201,7 +211,7 @@ def _fit(cfg: TrainConfig, schema: Schema, run_dir: Path, resume: bool) -> dict[
         save_checkpoint(ckpt_dir, model, schema, optimizer=optimizer, train_state={
             "epoch": epoch, "step": step, "finished": finished, "curves": curves,
             "train_seconds": train_seconds, "samples_seen": seen,
-        })
+        }, step=epoch * len(train_loader) + step, keep=cfg.keep_checkpoints)
 
     final: dict[str, Any] | None = None  # evaluation of the model as trained, set at each epoch end
     eval_seconds = 0.0
