@@ -25,6 +25,26 @@ def add_optimizer_argument(parser: argparse.ArgumentParser) -> None:
                         help="adam: dense (the official code's); lazy_adam: only the embedding rows a batch touches")
 
 
+def _positive_threads(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of threads, got {text!r}")
+    return n
+
+
+def add_threads_argument(parser: argparse.ArgumentParser, help: str | None = None) -> None:
+    """`--threads N`: the intra-op threads of a command that computes; `canctr.cli.main` applies it (with
+    `canctr.threads.set_threads`) before the command runs. Default: OMP_NUM_THREADS, else the cores this
+    process may use (affinity and cgroup quota)."""
+    parser.add_argument("--threads", type=_positive_threads, default=None, metavar="N",
+                        help=help or "intra-op CPU threads (default: OMP_NUM_THREADS, else the cores available "
+                                     "to this process: affinity and cgroup CPU quota)")
+    parser.set_defaults(applies_threads=True)
+
+
 def add_set_argument(parser: argparse.ArgumentParser, help: str) -> None:
     """`--set KEY=VALUE` (repeatable), read by `parse_overrides`."""
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=help)

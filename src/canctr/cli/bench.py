@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from canctr.bench import DEFAULT_MODELS, SECTIONS, run, to_markdown, write_results
-from canctr.cli.args import add_device_argument, add_optimizer_argument
+from canctr.cli.args import add_device_argument, add_optimizer_argument, add_threads_argument
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,6 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="what to measure")
     p.add_argument("--workdir", default="/tmp/canctr-bench", help="where generated raw files are cached")
     p.add_argument("--out", default=None, help="results file stem (default benchmarks/results/bench_<device>)")
+    add_threads_argument(p, "intra-op CPU threads of every measured cell (default: OMP_NUM_THREADS, else the "
+                            "cores available to this process)")
     p.set_defaults(func=cmd_bench)
 
 

@@ -12,6 +12,9 @@
     canctr predict --run RUN_DIR --input PATH... --out scores.parquet
     canctr serve --run RUN_DIR [--engine torch|onnx]
 
+`--threads N` on the commands that compute (train, evaluate, bench, predict, serve, reproduce) is applied
+here, once, before the command runs (`canctr.threads`).
+
 Standard library only at import time: the command groups are imported when the parser is built, and
 `canctr prepare` builds only its own group (numpy; no torch: ~1 s and ~300 MB saved).
 """
@@ -54,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = _prepare_parser() if argv[:1] == ["prepare"] else build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "applies_threads", False):  # the commands with --threads (args.add_threads_argument)
+            from canctr.threads import set_threads
+
+            set_threads(args.threads)
         return args.func(args)
     except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
         if os.environ.get("CANCTR_DEBUG"):

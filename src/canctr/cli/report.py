@@ -15,6 +15,7 @@ from canctr.cli.args import (
     add_no_progress_argument,
     add_optimizer_argument,
     add_set_argument,
+    add_threads_argument,
     parse_overrides,
 )
 
@@ -45,6 +46,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-every", type=int, default=None,
                    help="steps between resumable checkpoints (default: about 1/4 epoch; 0: epoch ends only)")
     add_no_progress_argument(p, "no progress bars")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="train N cells at a time, each in its own process with max(1, threads // N) threads "
+                        "(default 1: one after the other); the metrics are those of serial runs with as many "
+                        "threads per cell")
+    add_threads_argument(p, "CPU threads for the whole grid, divided among --jobs cells (default: OMP_NUM_THREADS, "
+                            "else the cores available to this process: affinity and cgroup CPU quota)")
     p.set_defaults(func=cmd_reproduce)
 
     p = subparsers.add_parser("compare", help="a table of finished runs: mean ± std per model over seeds")
@@ -56,6 +63,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from canctr.report.experiments import Grid, default_train_settings, parse_seeds, reproduce, resolve_models
 
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be a positive number of cells at a time, got {args.jobs}")
     data = Path(args.data).resolve()
     out = Path(args.out or Path("reports") / data.name).resolve()
     models, seeds = resolve_models(args.models), parse_seeds(args.seeds)
@@ -75,7 +84,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         "--eval-every", str(train["eval_every"]), "--checkpoint-every", str(train["checkpoint_every"]),
         *[a for k, v in overrides.items() for a in ("--set", f"{k}={json.dumps(v, separators=(',', ':'))}")],
     ])
-    cells, report = reproduce(Grid(data, out, models, seeds, train, overrides), command=command)
+    cells, report = reproduce(Grid(data, out, models, seeds, train, overrides), command=command, jobs=args.jobs,
+                              threads=args.threads)
     failed = [c for c in cells if c.status == "failed"]
     print(f"report: {report}" + (f"  ({len(failed)} failed cells, see status.json)" if failed else ""))
     return 1 if failed else 0

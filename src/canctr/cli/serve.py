@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from canctr.cli.args import add_no_progress_argument
+from canctr.cli.args import add_no_progress_argument, add_threads_argument
 from canctr.serve.export import FORMATS
 
 
@@ -100,6 +100,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--max-batch", type=int, default=64, help="users per /v1/score/batch request (default 64)")
     s.add_argument("--max-body-bytes", type=int, default=4 << 20, help="request body size (default 4 MiB)")
     s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    add_threads_argument(s, "intra-op CPU threads of each worker process (default: OMP_NUM_THREADS, else the "
+                            "cores available)")
     s.set_defaults(func=cmd_serve)
     p = sub.add_parser("predict", help="score new rows of raw ids with a trained run (Parquet out)")
     p.add_argument("--run", required=True, help="run directory (has checkpoint/)")
@@ -117,4 +119,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep", nargs="*", default=None, metavar="COLUMN",
                    help="input columns copied beside the score (default: the spec's group and label columns)")
     add_no_progress_argument(p)
+    add_threads_argument(p)
     p.set_defaults(func=cmd_predict)

@@ -11,6 +11,7 @@ from canctr.cli.args import (
     add_no_progress_argument,
     add_optimizer_argument,
     add_set_argument,
+    add_threads_argument,
     parse_overrides,
 )
 
@@ -80,6 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest checkpoint in RUN_DIR that verifies, if there is one")
     add_no_progress_argument(p)
+    add_threads_argument(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="re-score a saved run on the held-out split")
@@ -87,6 +89,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=None, help="prepared directory (default: the run's own)")
     add_device_argument(p, documented=False)
     p.add_argument("--batch-size", type=int, default=1024)
+    add_threads_argument(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("models", help="list the registered models with their papers")

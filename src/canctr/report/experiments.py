@@ -11,6 +11,15 @@ continues from its last checkpoint ("resumed"; checkpoints every `checkpoint_eve
 config differs (other epochs, --set, ...) is started afresh ("redone"), after its stale metrics and
 checkpoint are removed so that they can never be mixed with the new config.
 
+Parallel cells (`jobs` > 1, `canctr reproduce --jobs N`): each cell trains in a fresh process (spawned, so no
+state of this one is shared), at most `jobs` at a time, each with max(1, threads // jobs) intra-op threads
+(threads: `--threads`, else OMP_NUM_THREADS, else the available cores). A cell's results do not depend on
+the order or company it runs in (its seed fixes initialisation and sample order), only on its thread count:
+with the same threads per cell, --jobs N reproduces the serial metrics exactly. A cell that raises is
+"failed" with its error, as in a serial run; a cell whose process dies (killed, out of memory) is "failed"
+with its exit status; the others go on. A script that calls `reproduce(..., jobs=N)` needs the usual
+`if __name__ == "__main__":` guard (spawned processes import the main script); the CLI has it.
+
 Seed s sets TrainConfig(seed=s): initialisation and sample order. The train/test split is the one of the
 prepared directory (`canctr prepare --seed`); the paper's 5 runs also re-draw the split.
 """
@@ -19,6 +28,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
+import multiprocessing.connection
 import shutil
 import time
 from collections.abc import Callable
@@ -43,6 +54,7 @@ from canctr.report.summary import (
     summary_columns,
     to_csv,
 )
+from canctr.threads import resolve_threads, set_threads
 from canctr.train.loop import TrainConfig, fit
 
 # config.json fields that do not change a run's results (where it lives, progress bar, checkpoint spacing)
@@ -64,7 +76,7 @@ class Cell:
     model: str
     seed: int
     run_dir: Path
-    status: str = "pending"  # pending | cached | trained | resumed | redone | failed | interrupted
+    status: str = "pending"  # pending | running (--jobs) | cached | trained | resumed | redone | failed | interrupted
     message: str = ""
     seconds: float = 0.0
 
@@ -183,22 +195,100 @@ def write_status(cells: list[Cell], path: Path) -> None:
     atomic_write_text(path, json.dumps({"cells": rows}, indent=2) + "\n")
 
 
-def run_grid(grid: Grid, echo: Callable[[str], None] = print) -> list[Cell]:
-    """Train every (model, seed) cell that is not finished yet; status.json is kept current."""
+def run_grid(grid: Grid, echo: Callable[[str], None] = print, *, jobs: int = 1,
+             threads: int | None = None) -> list[Cell]:
+    """Train every (model, seed) cell that is not finished yet; status.json is kept current. jobs > 1: that
+    many cells at a time, each in its own process with max(1, resolve_threads(threads) // jobs) threads."""
+    if jobs < 1:
+        raise ValueError(f"--jobs must be a positive number of cells at a time, got {jobs}")
     per_model = model_overrides(grid.models, grid.overrides)  # a typo fails now, not at the 10th cell
     cells = [Cell(m, s, grid.out / "runs" / m / f"seed{s}") for m in grid.models for s in grid.seeds]
     status_path = grid.out / "status.json"
     grid.out.mkdir(parents=True, exist_ok=True)
     write_status(cells, status_path)
+    done = 0
+
+    def report_done(cell: Cell) -> None:
+        nonlocal done
+        done += 1
+        write_status(cells, status_path)
+        echo(f"[{done}/{len(cells)}] {cell.model} seed {cell.seed}: {cell.status}"
+             + (f" ({cell.message})" if cell.message else "") + _brief(cell))
+
+    configs = [cell_config(grid, c.model, c.seed, per_model[c.model]) for c in cells]
     try:
-        for i, cell in enumerate(cells, 1):
-            run_cell(cell, cell_config(grid, cell.model, cell.seed, per_model[cell.model]))
-            write_status(cells, status_path)
-            echo(f"[{i}/{len(cells)}] {cell.model} seed {cell.seed}: {cell.status}"
-                 + (f" ({cell.message})" if cell.message else "") + _brief(cell))
+        if jobs == 1:
+            for cell, cfg in zip(cells, configs):
+                run_cell(cell, cfg)
+                report_done(cell)
+        else:
+            # progress bars of several processes would overwrite each other (progress is not compared)
+            configs = [dataclasses.replace(cfg, progress=False) for cfg in configs]
+            _run_parallel(cells, configs, jobs, max(1, resolve_threads(threads) // jobs), report_done)
     finally:
         write_status(cells, status_path)  # also on Ctrl-C: the interrupted cell is recorded
     return cells
+
+
+def _cell_process(cell: Cell, cfg: TrainConfig, threads: int, conn: multiprocessing.connection.Connection) -> None:
+    """A spawned process's whole work: one cell, with `threads` threads; the updated cell goes back on conn."""
+    set_threads(threads)
+    try:
+        run_cell(cell, cfg)
+    except KeyboardInterrupt:
+        pass  # run_cell marked it interrupted; the parent stops the grid
+    conn.send(cell)
+    conn.close()
+
+
+def _run_parallel(cells: list[Cell], configs: list[TrainConfig], jobs: int, threads: int,
+                  finished: Callable[[Cell], None]) -> None:
+    """Run the cells `jobs` at a time, each in a fresh spawned process; `finished(cell)` as each ends.
+    Cached cells are decided here, without a process."""
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process holding torch's thread pools
+    todo = list(range(len(cells)))
+    running: dict[Any, tuple[int, Any, Any]] = {}  # sentinel -> (index, process, receiving end)
+    try:
+        while todo or running:
+            while todo and len(running) < jobs:
+                i = todo.pop(0)
+                cell, cfg = cells[i], configs[i]
+                if config_difference(cfg, cell.run_dir) == [] and (cell.run_dir / "metrics.json").exists():
+                    cell.status = "cached"
+                    finished(cell)
+                    continue
+                recv, send = ctx.Pipe(duplex=False)
+                proc = ctx.Process(target=_cell_process, args=(cell, cfg, threads, send), daemon=True,
+                                   name=f"canctr-{cell.model}-seed{cell.seed}")
+                proc.start()
+                send.close()  # the child holds the only sending end: EOF here once it exits
+                cell.status = "running"
+                running[proc.sentinel] = (i, proc, recv)
+            if not running:  # every cell left was cached
+                continue
+            for sentinel in multiprocessing.connection.wait(list(running)):
+                i, proc, recv = running.pop(sentinel)
+                try:
+                    result = recv.recv() if recv.poll() else None
+                except (EOFError, OSError):
+                    result = None
+                recv.close()
+                proc.join()
+                if result is None:  # died before it could report: killed, out of memory, a crash
+                    result = cells[i]
+                    result.status = "failed"
+                    result.message = f"its process ended with exit status {proc.exitcode} before reporting"
+                cells[i] = result
+                finished(result)
+                if result.status == "interrupted":
+                    raise KeyboardInterrupt
+    finally:
+        for i, proc, _ in running.values():  # Ctrl-C or an error here: stop the cells still training
+            proc.terminate()
+            proc.join()
+            if cells[i].status == "running":
+                cells[i].status = "interrupted"
+                cells[i].message = "stopped; re-run to resume from the checkpoint"
 
 
 def _brief(cell: Cell) -> str:
@@ -316,7 +406,9 @@ def write_report(grid: Grid, cells: list[Cell], command: str | None = None) -> P
     return out / "report.html"
 
 
-def reproduce(grid: Grid, command: str | None = None, echo: Callable[[str], None] = print) -> tuple[list[Cell], Path]:
-    """Run the grid, then write the tables, plots and report.html into grid.out."""
-    cells = run_grid(grid, echo)
+def reproduce(grid: Grid, command: str | None = None, echo: Callable[[str], None] = print, *, jobs: int = 1,
+              threads: int | None = None) -> tuple[list[Cell], Path]:
+    """Run the grid (`jobs` cells at a time, see run_grid), then write the tables, plots and report.html
+    into grid.out."""
+    cells = run_grid(grid, echo, jobs=jobs, threads=threads)
     return cells, write_report(grid, cells, command)

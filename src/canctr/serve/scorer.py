@@ -175,7 +175,10 @@ class Scorer:
             if manifest["format"] != "onnx":
                 raise ExportError(f"{export}: a {manifest['format']} export; --engine onnx needs an onnx one")
             # the whole model is read into the session here: the files may go once it exists
-            session = ort.InferenceSession(str(export / manifest["file"]), providers=["CPUExecutionProvider"])
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = torch.get_num_threads()  # as the torch engine: --threads, canctr.threads
+            session = ort.InferenceSession(str(export / manifest["file"]), sess_options=opts,
+                                           providers=["CPUExecutionProvider"])
             mapper = RawIdMapper.from_export(export)
         finally:
             if tmp is not None:
