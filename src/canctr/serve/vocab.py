@@ -384,7 +384,9 @@ def map_candidates(mapper: RawIdMapper, shared: Mapping[str, Any], candidates: M
     row (the user's profile fields as one id each, the behaviour sequences as one list of ids each, dense
     values as one number), `candidates` the per-candidate fields ([K] ids, [K] lists, [K] numbers). Every
     spec field must be in exactly one of them. The shared fields are mapped once and repeated (no per-
-    candidate mapping); unknown ids are counted once per occurrence in the request."""
+    candidate mapping); unknown ids are counted once per occurrence in the request. When `shared` holds every
+    user-side field (`canctr.data.batch.user_side`) the batch is user-shared: those fields keep one row and
+    `Batch.user` is K zeros, so a model computes the user side once (`Batch.expanded()` repeats them)."""
     spec = mapper.spec
     both = sorted(set(shared) & set(candidates))
     missing = [f.name for f in spec.fields if f.name not in shared and f.name not in candidates]
@@ -397,20 +399,23 @@ def map_candidates(mapper: RawIdMapper, shared: Mapping[str, Any], candidates: M
     if len(k) > 1:
         raise ValueError(f"candidate fields differ in length: {sorted(k)}")
     K = k.pop() if k else 1
+    user_fields = user_side(spec)[0]
+    by_user = user_fields <= set(shared)  # the user side once, shared by the K rows
     ids, seqs, dense_cols = {}, {}, {}
     for f in spec.fields:
         one = f.name in shared
+        repeat = one and not (by_user and f.name in user_fields)
         values = [shared[f.name]] if one else candidates[f.name]
         if f.kind == "categorical":
             idx = mapper.map_field(f.name, values)
-            ids[f.name] = np.repeat(idx, K) if one else idx
+            ids[f.name] = np.repeat(idx, K) if repeat else idx
         elif f.kind == "sequence":
             flat, lens = mapper.map_sequence(f.name, values)
-            seqs[f.name] = (np.tile(flat, K), np.repeat(lens, K)) if one else (flat, lens)
+            seqs[f.name] = (np.tile(flat, K), np.repeat(lens, K)) if repeat else (flat, lens)
         else:
             dense_cols[f.name] = np.repeat(np.asarray(values, np.float64), K) if one else values
     dense = mapper.map_dense(dense_cols) if spec.dense else None
-    return make_batch(spec, ids, seqs, dense)
+    return make_batch(spec, ids, seqs, dense, user=np.zeros(K, np.int64) if by_user else None)
 
 
 __all__ = ["RawIdMapper", "make_batch", "map_candidates", "map_rows", "pad_rows"]
