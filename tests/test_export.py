@@ -380,9 +380,11 @@ def test_map_candidates_maps_the_user_once_and_equals_row_mapping(data_dir: Path
     counts = mapper.reset_counts()
     rows = map_rows(mapper, {"user": [user] * 3, "item": items, "cate": cates, "hist_item": [hist_item] * 3,
                              "hist_cate": [hist_cate] * 3})
+    assert got.user.tolist() == [0, 0, 0] and got.lengths["hist"].tolist() == [3]  # the user side kept once
+    expanded = got.expanded()
     for name, t in rows.sparse.items():
-        assert torch.equal(got.sparse[name], t), name
-    assert torch.equal(got.lengths["hist"], rows.lengths["hist"]) and got.lengths["hist"].tolist() == [3, 3, 3]
+        assert torch.equal(expanded.sparse[name], t), name
+    assert torch.equal(expanded.lengths["hist"], rows.lengths["hist"])
     assert counts["item"] == 1 and counts["hist_item"] == 1  # the shared history is mapped once
     assert got.sparse["item"][2] == 0 and got.sparse["hist_item"][0, 2] == 0
     with pytest.raises(ValueError, match="missing field"):
