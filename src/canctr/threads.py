@@ -120,13 +120,20 @@ def resolve_threads(n: int | None = None) -> int:
 
 
 _applied: int | None = None
+_requested: int | None = None  # --threads as given (None: not given)
+
+
+def requested_threads() -> int | None:
+    """The `--threads` count this process was started with, or None when the user did not give one."""
+    return _requested
 
 
 def set_threads(n: int | None = None) -> int:
     """Use `resolve_threads(n)` intra-op threads in this process and in the processes it starts; returns
     the count. Call it once, early, before any parallel work (inter-op threads can only be set before)."""
-    global _applied
+    global _applied, _requested
     threads = resolve_threads(n)
+    _requested = n if n is not None else _requested
     os.environ["OMP_NUM_THREADS"] = str(threads)  # child processes (bench cells, serve workers) inherit it
     import torch
 
@@ -141,4 +148,4 @@ def set_threads(n: int | None = None) -> int:
     return threads
 
 
-__all__ = ["available_cores", "cgroup_cpu_limit", "resolve_threads", "set_threads"]
+__all__ = ["available_cores", "cgroup_cpu_limit", "requested_threads", "resolve_threads", "set_threads"]

@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = _prepare_parser() if argv[:1] == ["prepare"] else build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv)  # `canctr train --nproc N` re-runs its own command line under torchrun
     try:
         if getattr(args, "applies_threads", False):  # the commands with --threads (args.add_threads_argument)
             from canctr.threads import set_threads

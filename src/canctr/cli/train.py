@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 
 from canctr.cli.args import (
     add_device_argument,
@@ -14,6 +15,7 @@ from canctr.cli.args import (
     add_threads_argument,
     parse_overrides,
 )
+from canctr.cli.launch import add_launch_arguments
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -27,6 +29,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from canctr.cli.launch import LAUNCH_OPTIONS, launch
+    from canctr.train.distributed import is_main_process, launched
     from canctr.train.loop import TrainConfig, fit
 
     try:
@@ -40,7 +44,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     except ValueError as e:  # name the command-line option, not the dataclass field
         raise ValueError(re.sub(r"TrainConfig\.(\w+)", lambda m: "--" + m[1].replace("_", "-"), str(e))) from None
+    wants_launch = args.nproc is not None or any(getattr(args, o) is not None for o in LAUNCH_OPTIONS)
+    if wants_launch and not launched():  # under torchrun already, the launcher options are torchrun's: ignored
+        return launch(args, getattr(args, "argv", None) or sys.argv[1:])
     m = fit(cfg, resume=args.resume)
+    if not is_main_process():
+        return 0
     print(
         f"{m['model']} seed {m['seed']}: auc {m['auc']:.4f}  gauc {m['gauc']:.4f}  logloss {m['logloss']:.4f}  "
         f"params {m['n_params']:,}  {m['train_samples_per_second']:,.0f} samples/s  -> {args.out}/metrics.json"
@@ -63,7 +72,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="registry name, see `canctr models`")
     p.add_argument("--out", required=True, help="run directory for checkpoint/, metrics.json, train.log")
     p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=128,
+                   help="the global batch: under torchrun each of the N ranks takes BATCH_SIZE / N a step")
     p.add_argument("--eval-batch-size", type=int, default=1024)
     p.add_argument("--lr", type=float, default=1e-3)
     add_optimizer_argument(p)
@@ -82,6 +92,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="continue from the newest checkpoint in RUN_DIR that verifies, if there is one")
     add_no_progress_argument(p)
     add_threads_argument(p)
+    add_launch_arguments(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="re-score a saved run on the held-out split")

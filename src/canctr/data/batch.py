@@ -122,13 +122,16 @@ class BatchLoader:
     Args:
         cols: output of `load_split`.
         spec: the dataset's feature spec (which fields are categorical, which sequences).
-        batch_size: samples per batch (per process when world_size > 1).
+        batch_size: samples per batch per process; the global batch is batch_size x world_size.
         shuffle: permute the samples each epoch with a generator seeded by (seed, epoch).
         device: where batches are built; arrays are moved there once (on the CPU they stay mapped).
         max_len: keep at most the most recent `max_len` positions of every sequence group (None: all stored).
         drop_last: drop a final partial batch.
-        rank, world_size: this process's shard of every epoch's order (strided, equal counts).
-        bucket: with shuffle, sort each window of `bucket * batch_size` shuffled samples by the length of the
+        rank, world_size: this process's shard of every epoch's order (strided, equal counts). The epoch's
+            order (bucketing included) is built for the global batch, so the union of the ranks' batches at
+            step s is the 1-process batch s at batch_size x world_size, save the last n % world_size samples
+            of the epoch's order, which no rank gets.
+        bucket: with shuffle, sort each window of `bucket` global batches of shuffled samples by the length of the
             attention group (else the first group) and shuffle the resulting batches (the official
             DataIterator sorts 20-batch buffers by length): the padded width, and DIEN's recurrent steps,
             shrink. 0 or 1 = plain shuffling.
@@ -247,16 +250,17 @@ class BatchLoader:
             p += piece.numel()
 
     def _bucketed(self, idx: Tensor, g: torch.Generator) -> Tensor:
-        """Sort windows of the shuffled order by descending length, then shuffle whole batches."""
-        n = idx.numel()
-        window = self.bucket * self.batch_size
+        """Sort windows of the shuffled order by descending length, then shuffle whole batches. Both use the
+        global batch (batch_size x world_size): the order is the same for every world size."""
+        n, bs = idx.numel(), self.batch_size * self.world_size
+        window = self.bucket * bs
         lens = torch.from_numpy(self._lengths(self._bucket_group, idx.numpy()))
         top = int(lens.max()) + 1 if lens.numel() else 1
         key = (torch.arange(n) // window) * top + (top - 1 - lens)
         idx = idx[torch.sort(key, stable=True).indices]
-        n_full = n // self.batch_size
-        blocks = idx[: n_full * self.batch_size].view(n_full, self.batch_size)
-        return torch.cat([blocks[torch.randperm(n_full, generator=g)].reshape(-1), idx[n_full * self.batch_size :]])
+        n_full = n // bs
+        blocks = idx[: n_full * bs].view(n_full, bs)
+        return torch.cat([blocks[torch.randperm(n_full, generator=g)].reshape(-1), idx[n_full * bs :]])
 
     def batch(self, idx: Tensor, epoch: int = 0, step: int = 0) -> Batch:
         """Gather rows `idx` (CPU indices); each sequence group is padded to its longest row among them."""

@@ -1,8 +1,9 @@
 """The training loop: `train_step` (one optimizer step, pure), `evaluate`, and `fit` (the loop).
 
 Sample order is a function of (seed, epoch) only (see BatchLoader.order), checkpoints carry (epoch, step)
-and the optimizer state, so `fit(resume=True)` continues exactly where an interrupted run stopped, and a
-data-parallel wrapper only has to shard BatchLoader by rank and wrap the model.
+and the optimizer state, so `fit(resume=True)` continues exactly where an interrupted run stopped. Under
+torchrun, `fit` trains data-parallel: train/distributed.py joins the group, wraps the model in DDP and
+gathers the evaluation; only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from canctr.env import machine_description
 from canctr.memory import keep_freed_memory
 from canctr.models import create_model, make_config
 from canctr.models.base import negative_groups
+from canctr.train import distributed
 from canctr.train.checkpoint import (
     check_disk_space,
     check_writable,
@@ -53,7 +55,7 @@ class TrainConfig:
     model: str
     out: str
     epochs: int = 1
-    batch_size: int = 128
+    batch_size: int = 128  # the global batch: each of W data-parallel ranks takes batch_size / W (distributed.py)
     eval_batch_size: int = 1024
     lr: float = 1e-3
     lr_decay: float = 0.5  # multiply lr after each epoch (official code; no effect with 1 epoch)
@@ -141,12 +143,15 @@ def _setup_logging(run_dir: Path) -> logging.Handler:
     return handler
 
 
-def _loaders(cfg: TrainConfig, schema: Schema, model: nn.Module,
-             device: torch.device) -> tuple[BatchLoader, BatchLoader]:
+def _loaders(cfg: TrainConfig, schema: Schema, model: nn.Module, device: torch.device,
+             ddp: distributed.Dist | None = None) -> tuple[BatchLoader, BatchLoader]:
+    """Train: this rank's stride of each global batch (cfg.batch_size is global); test: the whole split."""
     spec = schema.spec
+    ddp = ddp or distributed.Dist()
     train = BatchLoader(
-        load_split(cfg.data, "train", spec), spec, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed,
-        device=device, max_len=cfg.max_len or None, bucket=cfg.bucket, negatives=negative_groups(model),
+        load_split(cfg.data, "train", spec), spec, batch_size=ddp.per_rank_batch(cfg.batch_size), shuffle=True,
+        seed=cfg.seed, device=device, max_len=cfg.max_len or None, bucket=cfg.bucket,
+        negatives=negative_groups(model), rank=ddp.rank, world_size=ddp.world_size,
     )
     test = BatchLoader(
         load_split(cfg.data, "test", spec), spec, batch_size=cfg.eval_batch_size, shuffle=False,
@@ -159,14 +164,20 @@ def fit(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     """Train `cfg.model` on `cfg.data`, evaluate on the held-out split, write RUN_DIR artefacts."""
     schema = Schema.load(_prepared_dir(cfg.data))  # a bad --data fails before the run directory is made
     keep_freed_memory()  # the step's buffers stay in the heap (canctr/memory.py)
+    ddp = distributed.setup(cfg.device)  # under torchrun: join the group; else the 1-process no-op
+    resume = resume or distributed.restart_count() > 0  # torchrun restarted the group: continue the run
     run_dir = Path(cfg.out)
-    check_writable(run_dir)  # a read-only run directory fails now, not at the first checkpoint
-    handler = _setup_logging(run_dir)
+    handler = None
     try:
-        return _fit(cfg, schema, run_dir, resume)
+        if ddp.is_main:  # only rank 0 writes
+            check_writable(run_dir)  # a read-only run directory fails now, not at the first checkpoint
+            handler = _setup_logging(run_dir)
+        return _fit(cfg, schema, run_dir, resume, ddp)
     finally:
-        logging.getLogger("canctr").removeHandler(handler)
-        handler.close()
+        if handler is not None:
+            logging.getLogger("canctr").removeHandler(handler)
+            handler.close()
+        ddp.teardown()
 
 
 def _prepared_dir(path: str | Path) -> Path:
@@ -177,16 +188,19 @@ def _prepared_dir(path: str | Path) -> Path:
     return path
 
 
-def _fit(cfg: TrainConfig, schema: Schema, run_dir: Path, resume: bool) -> dict[str, Any]:
-    device = resolve_device(cfg.device)
+def _fit(cfg: TrainConfig, schema: Schema, run_dir: Path, resume: bool,
+         ddp: distributed.Dist | None = None) -> dict[str, Any]:
+    ddp = ddp or distributed.Dist()
+    device = ddp.device if ddp.enabled else resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     model_cfg = make_config(cfg.model, cfg.model_config)
     model = create_model(cfg.model, schema, model_cfg).to(device)
     optimizer = make_optimizer(model, cfg.lr, cfg.optimizer)
     ckpt_dir = run_dir / "checkpoint"
-    check_disk_space(ckpt_dir, model, cfg.keep_checkpoints)  # a full disk fails now, not after an epoch
-    train_loader, test_loader = _loaders(cfg, schema, model, device)
+    if ddp.is_main:
+        check_disk_space(ckpt_dir, model, cfg.keep_checkpoints)  # a full disk fails now, not after an epoch
+    train_loader, test_loader = _loaders(cfg, schema, model, device, ddp)
     if len(train_loader) == 0:
         raise ValueError(f"{cfg.data}: the training split is empty")
 
@@ -199,19 +213,28 @@ def _fit(cfg: TrainConfig, schema: Schema, run_dir: Path, resume: bool) -> dict[
         start_epoch, start_step = state["epoch"], state["step"]
         curves, train_seconds, seen = state["curves"], state["train_seconds"], state["samples_seen"]
         log.info("resumed from %s: epoch %d step %d", path.name, start_epoch, start_step)
-    elif not resume:
+    elif not resume and ddp.is_main:
         remove_checkpoints(ckpt_dir)  # an earlier run's, which --resume could otherwise fall back on
-    (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2, sort_keys=True) + "\n")
+    ddp.check_same([start_epoch, start_step], "the resumed (epoch, step)")
+    train_model = ddp.wrap(model)  # DDP (or `model` itself): train through it; save and evaluate `model`
+
+    def evaluate_all() -> dict[str, float]:  # every rank's test predictions, metrics computed once
+        return ddp.evaluate(model, test_loader) if ddp.enabled else evaluate(model, test_loader)
+
+    if ddp.is_main:
+        (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2, sort_keys=True) + "\n")
 
     n_params = count_params(model)
     log.info("model %s: %d parameters; %d train / %d test samples; device %s",
              cfg.model, n_params, train_loader.n, test_loader.n, device)
 
     def checkpoint(epoch: int, step: int, finished: bool = False) -> None:
-        save_checkpoint(ckpt_dir, model, schema, optimizer=optimizer, train_state={
-            "epoch": epoch, "step": step, "finished": finished, "curves": curves,
-            "train_seconds": train_seconds, "samples_seen": seen,
-        }, step=epoch * len(train_loader) + step, keep=cfg.keep_checkpoints)
+        if ddp.is_main:  # every rank holds the same weights and optimizer state
+            save_checkpoint(ckpt_dir, model, schema, optimizer=optimizer, train_state={
+                "epoch": epoch, "step": step, "finished": finished, "curves": curves,
+                "train_seconds": train_seconds, "samples_seen": seen,
+            }, step=epoch * len(train_loader) + step, keep=cfg.keep_checkpoints)
+        ddp.barrier()  # no rank runs ahead of a checkpoint it could be restarted from
 
     final: dict[str, Any] | None = None  # evaluation of the model as trained, set at each epoch end
     eval_seconds = 0.0
@@ -224,13 +247,15 @@ def _fit(cfg: TrainConfig, schema: Schema, run_dir: Path, resume: bool) -> dict[
         t0 = time.perf_counter()
         running, running_ctr, running_n = torch.zeros((), device=device), torch.zeros((), device=device), 0
         for step, batch in enumerate(train_loader.iter_epoch(epoch, step0), start=step0):
-            terms = train_step(model, batch, optimizer)
-            seen += batch.size
+            terms = train_step(train_model, batch, optimizer)
+            seen += batch.size * ddp.world_size  # global samples: every rank's batch has this size
             running += terms["loss"]
             running_ctr += terms["ctr_loss"]
             running_n += 1
             done = step + 1
             if done % cfg.log_every == 0 or done == n_batches:
+                if ddp.enabled:  # the ranks' mean: one allreduce per log interval, none per step
+                    running, running_ctr = ddp.mean(torch.stack([running, running_ctr]))
                 avg = float(running) / running_n  # one host sync per log interval
                 if not math.isfinite(avg):
                     raise TrainingDiverged(
@@ -247,7 +272,7 @@ def _fit(cfg: TrainConfig, schema: Schema, run_dir: Path, resume: bool) -> dict[
                 bar.update(1)
             if cfg.eval_every and done % cfg.eval_every == 0 and done != n_batches:
                 train_seconds += time.perf_counter() - t0
-                m = evaluate(model, test_loader)
+                m = evaluate_all()
                 curves.append({"epoch": epoch, "step": done, "eval_auc": m["auc"], "samples": seen})
                 t0 = time.perf_counter()
             if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done != n_batches:
@@ -260,7 +285,7 @@ def _fit(cfg: TrainConfig, schema: Schema, run_dir: Path, resume: bool) -> dict[
         if bar is not None:
             bar.close()
         t_eval = time.perf_counter()
-        m = final = evaluate(model, test_loader)
+        m = final = evaluate_all()
         eval_seconds = time.perf_counter() - t_eval
         curves.append({"epoch": epoch, "step": n_batches, "eval_auc": m["auc"], "eval_gauc": m["gauc"],
                        "eval_logloss": m["logloss"], "samples": seen})
@@ -270,7 +295,7 @@ def _fit(cfg: TrainConfig, schema: Schema, run_dir: Path, resume: bool) -> dict[
 
     if final is None:  # resumed a finished run: nothing trained here, evaluate the loaded model
         t_eval = time.perf_counter()
-        final = evaluate(model, test_loader)
+        final = evaluate_all()
         eval_seconds = time.perf_counter() - t_eval
     metrics = final  # the last epoch's evaluation is the final one: the model has not changed since
     result = {
@@ -281,7 +306,9 @@ def _fit(cfg: TrainConfig, schema: Schema, run_dir: Path, resume: bool) -> dict[
         "data_dir": str(cfg.data),
         "n_params": n_params,
         "epochs": cfg.epochs,
-        "batch_size": cfg.batch_size,
+        "batch_size": cfg.batch_size,  # the global batch
+        "world_size": ddp.world_size,
+        "batch_size_per_rank": train_loader.batch_size,
         "lr": cfg.lr,
         "train_samples": seen,
         "train_seconds": train_seconds,
@@ -293,14 +320,15 @@ def _fit(cfg: TrainConfig, schema: Schema, run_dir: Path, resume: bool) -> dict[
         "machine": machine_description(device),
         "curves": curves,
     }
-    atomic_write_text(run_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
+    if ddp.is_main:
+        atomic_write_text(run_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
     log.info("final: auc %.5f gauc %.5f logloss %.5f (%.0f samples/s)", metrics["auc"], metrics["gauc"],
              metrics["logloss"], result["train_samples_per_second"])
     return result
 
 
 def _progress(cfg: TrainConfig, total: int, initial: int, epoch: int):
-    if not cfg.progress:
+    if not cfg.progress or not distributed.is_main_process():
         return None
     from tqdm import tqdm
 
