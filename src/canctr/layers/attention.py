@@ -68,7 +68,8 @@ class TargetAttention(nn.Module):
         first = self.unit.net[1]  # net = [norm (identity here), Linear(4D, h1), sigmoid, ..., Linear(., 1)]
         w_q, w_k, w_d, w_p = first.weight.split(q.shape[-1], dim=1)  # [h1, D] each
         # one user (a single request): its rows broadcast over the candidates instead of being gathered
-        gather = (lambda t: t) if keys.shape[0] == 1 else (lambda t: t.index_select(0, rows))
+        one = keys.shape[0] == 1 and not (torch.jit.is_tracing() or torch.compiler.is_exporting())  # eager only
+        gather = (lambda t: t) if one else (lambda t: t.index_select(0, rows))
         h = F.linear(gather(keys) * q.unsqueeze(1), w_p)  # [B, L, h1]
         h = h.add_(gather(F.linear(keys, w_k - w_d))).add_(F.linear(q, w_q + w_d, first.bias).unsqueeze(1))
         return self.unit.net[2:](h).squeeze(-1)

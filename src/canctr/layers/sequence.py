@@ -106,8 +106,9 @@ class AUGRU(nn.Module):
         while attention and mask have one per candidate): the input projection runs once per row of x."""
         H = self.hidden_dim
         proj = self.input_proj(x)
-        if rows is not None:
-            proj = proj.index_select(0, rows)
+        if rows is not None:  # one row of x (a single user, eagerly): broadcast it, else gather
+            one = x.shape[0] == 1 and not (torch.jit.is_tracing() or torch.compiler.is_exporting())
+            proj = proj.expand(rows.shape[0], -1, -1) if one else proj.index_select(0, rows)
         x_gates, x_cand = proj.split([2 * H, H], dim=-1)  # [B, L, 2H], [B, L, H]
         paper = self.form == "paper"
         if torch.compiler.is_exporting():  # torch.export / ONNX: a scan over time keeps L dynamic (ONNX Scan)
