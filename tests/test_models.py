@@ -352,11 +352,35 @@ def test_dien_aux_loss_weight():
 @pytest.mark.parametrize(
     "name,overrides",
     [("pnn", {"product": "outer"}), ("onn", {"product": "inner"}), ("dcn-v2", {"structure": "parallel", "rank": 8}),
-     ("dien", {"hidden_norm": "batchnorm"}), ("can-dnn", {"hidden_norm": "batchnorm"})],
+     ("dien", {"hidden_norm": "batchnorm"}), ("can-dnn", {"hidden_norm": "batchnorm"}),
+     ("din", {"hist_pool": "mean"}), ("dien", {"hist_pool": "mean"}), ("can-dien", {"hist_pool": "mean"})],
 )
 def test_zoo_options_train_cleanly(name, overrides):
     check_every_parameter_gets_a_gradient(build(name, overrides=overrides))
     check_padding_invariance(build(name, overrides=overrides))
+
+
+@pytest.mark.parametrize("name", ["din", "dien", "can-din"])
+def test_hist_pool_mean_divides_the_mlp_history_by_its_length(name):
+    """hist_pool only rescales the pooled history in the MLP input: the same parameters, the same input on
+    histories of length 0 or 1, and (pooled keys, target x pooled keys) / length on longer ones."""
+    summed, mean = build(name), build(name, overrides={"hist_pool": "mean"})
+    mean.load_state_dict(summed.state_dict())
+    batch = make_batch()
+    inputs = {}
+    for tag, model in (("sum", summed), ("mean", mean)):
+        model.eval()
+        model.mlp.register_forward_pre_hook(lambda _m, args, tag=tag: inputs.__setitem__(tag, args[0]))
+        model(batch)
+    n = batch.lengths["hist"]
+    short = n <= 1
+    torch.testing.assert_close(inputs["mean"][short], inputs["sum"][short])
+    differs = (inputs["mean"] - inputs["sum"]).abs().amax(dim=0) > 0
+    cols = differs.nonzero().squeeze(-1)
+    long_rows = ~short
+    scale = n[long_rows].float().unsqueeze(-1)
+    torch.testing.assert_close(inputs["mean"][long_rows][:, cols] * scale, inputs["sum"][long_rows][:, cols])
+    assert cols.numel() == 2 * 2 * make_config(name).embed_dim  # pooled keys and target x pooled keys
 
 
 # ----------------------------------------------------------------------------------------- co-action block

@@ -62,11 +62,15 @@ def test_user_side_of_the_public_layout(schema_batch: tuple[Schema, Batch]) -> N
     assert user_side(schema.spec) == (frozenset({"user", "hist_item", "hist_cate"}), frozenset({"hist"}))
 
 
-@pytest.mark.parametrize("name", sorted(e.name for e in list_models()))
-def test_shared_batch_scores_as_its_expansion(name: str, schema_batch: tuple[Schema, Batch]) -> None:
+@pytest.mark.parametrize(
+    "name,overrides",
+    [(e.name, {}) for e in sorted(list_models(), key=lambda e: e.name)]
+    + [(name, {"hist_pool": "mean"}) for name in ("din", "dien", "can-dien")],
+)
+def test_shared_batch_scores_as_its_expansion(name: str, overrides: dict, schema_batch: tuple[Schema, Batch]) -> None:
     schema, batch = schema_batch
     torch.manual_seed(0)
-    model = create_model(name, schema, make_config(name, {})).eval()
+    model = create_model(name, schema, make_config(name, overrides)).eval()
     assert shares_user_side(model) == (name in SHARING)
     for label, (sources, user) in layouts(batch.size).items():
         shared = share(batch, schema, sources, user)

@@ -35,7 +35,7 @@ from canctr.data.schema import Schema
 from canctr.layers.attention import TargetAttention
 from canctr.layers.sequence import AUGRU, AuxiliaryLoss, InterestExtractor
 from canctr.models.base import BackboneConfig, ModelOutput, head
-from canctr.models.features import FeatureEmbeddings, Roles
+from canctr.models.features import FeatureEmbeddings, Pool, Roles
 from canctr.models.registry import FeatureBlock, register_model
 
 
@@ -45,6 +45,7 @@ class DIENConfig(BackboneConfig):
     hidden_dim: int = 36  # HIDDEN_SIZE of both GRUs (= 2 x embed_dim in the code)
     aux_weight: float = 1.0  # weight of the auxiliary loss in ModelOutput.aux_losses["aux"]; 0 = none
     augru_form: Literal["code", "paper"] = "code"
+    hist_pool: Pool = "sum"  # the history in the MLP input ("sum" = code, "mean"); see models/din.py
 
 
 @register_model(
@@ -68,6 +69,7 @@ class DIEN(nn.Module):
         self.aux_loss = AuxiliaryLoss(H, d, norm=config.norm)
         self.attention = TargetAttention(H, query_dim=self.embed.target_dim, softmax=True)
         self.evolution = AUGRU(H, H, form=config.augru_form)
+        self.hist_pool = config.hist_pool
         self.blocks = nn.ModuleList(b.build(schema, config, self.embed) for b in blocks)
         self.mlp = head(config, self.embed.input_dim + d + H + sum(b.out_dim for b in self.blocks))
 
@@ -90,5 +92,6 @@ class DIEN(nn.Module):
         rows, mask = e.rows_of(), e.by_group(e.mask)  # rows: the user of each candidate when states are per user
         weights, _ = self.attention(e.target, states, mask, rows=rows)  # [B, L]
         final = self.evolution(states, weights, mask, rows=rows)  # [B, H]
-        x = e.inputs(extra=[e.target * e.by_group(e.key_sum), final, *(b(batch) for b in self.blocks)])
+        pooled = e.by_group(e.key_pool(self.hist_pool))
+        x = e.inputs(self.hist_pool, extra=[e.target * pooled, final, *(b(batch) for b in self.blocks)])
         return ModelOutput(logits=self.mlp(x).squeeze(-1), aux_losses=aux_losses)
