@@ -172,7 +172,12 @@ def fit(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         if ddp.is_main:  # only rank 0 writes
             check_writable(run_dir)  # a read-only run directory fails now, not at the first checkpoint
             handler = _setup_logging(run_dir)
-        return _fit(cfg, schema, run_dir, resume, ddp)
+        result = _fit(cfg, schema, run_dir, resume, ddp)
+        # every rank done before any tears the group down: a rank that destroyed its group and exited while
+        # another was still writing was seen to abort in gloo's teardown ("terminate called without an active
+        # exception") once in CI; on an error path no barrier (the other ranks may never arrive)
+        ddp.barrier()
+        return result
     finally:
         if handler is not None:
             logging.getLogger("canctr").removeHandler(handler)
