@@ -510,3 +510,22 @@ def test_scorer_with_dense_and_context_fields_equals_row_mapping() -> None:
     batch = scorer.map_requests([(user | {"hour": 31}, cands)])[0]
     assert batch.user.tolist() == [0, 0, 0] and batch.lengths["h"].tolist() == [4]  # the history once, shared
     assert batch.expanded().lengths["h"].tolist() == [4, 4, 4]
+
+
+def test_workers_share_the_threads(runs: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--workers N without --threads: each worker process is started with its share of the threads (here 4 // 2),
+    not all of them; --threads T gives each worker T."""
+    import uvicorn
+
+    seen: list[tuple[str, int]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: seen.append((os.environ["OMP_NUM_THREADS"], k["workers"])))
+    monkeypatch.setenv("CANCTR_SERVE_CONFIG", "")  # restored after the test
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "4")
+        assert main(["serve", "--run", str(runs["run"]), "--data", str(runs["data"]), "--workers", "2"]) == 0
+        assert main(["serve", "--run", str(runs["run"]), "--data", str(runs["data"]), "--workers", "2",
+                     "--threads", "3"]) == 0
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [("2", 2), ("3", 2)]

@@ -23,6 +23,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def worker_threads(threads: int, workers: int) -> int:
+    """Each of `workers` processes' share of `threads` intra-op threads, at least 1."""
+    return max(1, threads // workers)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import atexit
     import os
@@ -59,6 +64,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if tmp:
         atexit.register(shutil.rmtree, tmp, True)
     os.environ["CANCTR_SERVE_CONFIG"] = config.to_json()
+    if args.threads is None:  # the cores shared among the workers, not each taking them all (canctr/threads.py)
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = str(worker_threads(torch.get_num_threads(), args.workers))
     print(f"canctr serve: {args.workers} workers on http://{args.host}:{args.port} (SIGHUP reloads them)",
           file=sys.stderr, flush=True)
     uvicorn.run("canctr.serve.app:app_from_env", factory=True, workers=args.workers, **common)
@@ -101,7 +110,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--max-body-bytes", type=int, default=4 << 20, help="request body size (default 4 MiB)")
     s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     add_threads_argument(s, "intra-op CPU threads of each worker process (default: OMP_NUM_THREADS, else the "
-                            "cores available)")
+                            "cores available, divided among the --workers)")
     s.set_defaults(func=cmd_serve)
     p = sub.add_parser("predict", help="score new rows of raw ids with a trained run (Parquet out)")
     p.add_argument("--run", required=True, help="run directory (has checkpoint/)")
