@@ -154,24 +154,22 @@ def _augru_infer(x_gates: Tensor, x_cand: Tensor, attention: Tensor, mask: Tenso
     h = x_cand.new_zeros(B, H)
     wg_t, wc_t = w_gates.t(), w_cand.t()
     for t in range(steps):
-        g = torch.addmm(x_gates[:, t], h, wg_t).sigmoid_()
-        c = tanh_(torch.addmm(x_cand[:, t], g[:, :H] * h, wc_t))
-        ue = g[:, H:] * keep[:, t]
-        h_new = torch.lerp(h, c, ue) if paper else torch.lerp(c, h, ue)
-        h = h_new if full else torch.where(mask[:, t, None], h_new, h)
+        h = _augru_step(h, x_gates[:, t], x_cand[:, t], keep[:, t], None if full else mask[:, t, None], wg_t, wc_t,
+                        paper)
     return h
 
 
-def _augru_step(h: Tensor, xg: Tensor, xc: Tensor, keep: Tensor, valid: Tensor, wg_t: Tensor, wc_t: Tensor,
+def _augru_step(h: Tensor, xg: Tensor, xc: Tensor, keep: Tensor, valid: Tensor | None, wg_t: Tensor, wc_t: Tensor,
                 paper: bool) -> Tensor:
-    """One AUGRU step (the same ops as `_AUGRUScan.forward`): h [B, H], xg [B, 2H], xc [B, H], keep [B, 1],
-    valid [B, 1] bool, wg_t [H, 2H], wc_t [H, H] -> the next state [B, H]."""
+    """One AUGRU step without autograd (the same ops as `_AUGRUScan.forward`; inference and export): h [B, H],
+    xg [B, 2H], xc [B, H], keep [B, 1], valid [B, 1] bool or None (every row valid), wg_t [H, 2H],
+    wc_t [H, H] -> the next state [B, H]."""
     H = h.shape[1]
     g = torch.sigmoid(torch.addmm(xg, h, wg_t))
-    c = torch.tanh(torch.addmm(xc, g[:, :H] * h, wc_t))
+    c = tanh_(torch.addmm(xc, g[:, :H] * h, wc_t))  # numpy's tanh eagerly; torch's under export
     ue = g[:, H:] * keep
     h_new = torch.lerp(h, c, ue) if paper else torch.lerp(c, h, ue)
-    return torch.where(valid, h_new, h)
+    return h_new if valid is None else torch.where(valid, h_new, h)
 
 
 @functools.cache
