@@ -13,6 +13,7 @@ from canctr.data.random_data import random_columns
 from canctr.data.spec import FeatureSpec, Field, Pair, SequenceGroup
 from canctr.data.store import (
     Columns,
+    SplitRewriter,
     SplitWriter,
     StoreError,
     load_pair_keys,
@@ -112,6 +113,48 @@ def test_chunked_writes_equal_one_write_and_read_back(tmp_path: Path) -> None:
     # the files are plain .npy: numpy reads them without canctr
     assert np.array_equal(np.load(tmp_path / "a" / "train" / "hist_item.npy"), whole.values["hist_item"])
     assert np.load(tmp_path / "a" / "train" / "hist_item.npy").dtype == np.int32
+
+
+def test_rewriter_rewrites_chunks_in_place_and_stages_dense(tmp_path: Path) -> None:
+    """SplitRewriter (prepare table's pass 2): rows read back in any chunking are the written rows (offsets the
+    split's own); what is written back replaces ids, sequence values, groups and dense rows in place, labels and
+    offsets stay; a float64-staged dense.npy becomes float32 on close, and abort leaves the staged file."""
+    rng = np.random.default_rng(3)
+    whole = concat([chunk(n, rng) for n in (7, 12, 4)])
+    raw = rng.normal(size=(whole.n, 1))  # float64 staged dense values
+    staged = Columns(label=whole.label, group=whole.group, ids=whole.ids, offsets=whole.offsets,
+                     values=whole.values, dense=raw)
+    for d in ("a", "b"):
+        with SplitWriter(tmp_path / d, "train", SPEC, dense_dtype=np.float64) as w:
+            w.append(staged)
+    with pytest.raises(StoreError, match="float32"):
+        SplitRewriter(tmp_path / "a", "train", SPEC)  # the staged dense file is float64
+    rw = SplitRewriter(tmp_path / "a", "train", SPEC, dense_dtype=np.float64)
+    assert rw.n == whole.n
+    for r0, r1 in ((0, 10), (10, 11), (11, 23)):
+        part = rw.read(r0, r1)
+        assert part.offsets["hist"].tolist() == whole.offsets["hist"][r0:r1 + 1].tolist()
+        lo, hi = int(whole.offsets["hist"][r0]), int(whole.offsets["hist"][r1])
+        assert part.values["hist_item"].tolist() == whole.values["hist_item"][lo:hi].tolist()
+        assert np.array_equal(part.dense, raw[r0:r1]) and part.dense.dtype == np.float64
+        part.ids = {k: v + 100 for k, v in part.ids.items()}
+        part.values = {k: v * 2 for k, v in part.values.items()}
+        part.group = part.group + 1000
+        part.dense = (part.dense * 10).astype(np.float32)
+        rw.write(r0, part)
+    rw.close()
+    back = read_split(tmp_path / "a", "train", SPEC)
+    assert np.array_equal(back.label, whole.label)
+    assert np.array_equal(back.offsets["tags"], whole.offsets["tags"])
+    assert np.array_equal(back.ids["item"], whole.ids["item"] + 100)
+    assert np.array_equal(back.values["hist_cate"], whole.values["hist_cate"] * 2)
+    assert np.array_equal(back.group, whole.group + 1000)
+    assert back.dense.dtype == np.float32 and np.allclose(back.dense, raw * 10)
+    assert not [p.name for p in (tmp_path / "a").rglob(".*")]
+    rw = SplitRewriter(tmp_path / "b", "train", SPEC, dense_dtype=np.float64)
+    rw.abort()
+    assert np.load(tmp_path / "b" / "train" / "dense.npy").dtype == np.float64
+    assert not [p.name for p in (tmp_path / "b").rglob(".*")]
 
 
 def test_empty_split_and_split_without_sequences(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ chunks (prepare streams its input) and fixes each .npy header when the split is 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 from dataclasses import dataclass, field
@@ -106,31 +107,40 @@ class _Appender:
         self.tmp.unlink(missing_ok=True)
 
 
+_DTYPES = {"label": np.dtype(np.float32), "group": np.dtype(np.int64), "id": np.dtype(np.int32),
+           "off": np.dtype(np.int64), "seq": np.dtype(np.int32)}
+
+
+def _column_files(d: Path, spec: FeatureSpec) -> dict[str, Path]:
+    """Column key ("label", "group", "dense", "id:<field>", "off:<group>", "seq:<field>") -> its file in split
+    directory `d`."""
+    files = {"label": d / "label.npy", "group": d / "group.npy"}
+    if spec.dense:
+        files["dense"] = d / "dense.npy"
+    files.update({f"id:{f.name}": d / f"{f.name}.npy" for f in spec.categorical})
+    files.update({f"off:{g.name}": d / f"{g.name}.offsets.npy" for g in spec.sequences})
+    files.update({f"seq:{f.name}": d / f"{f.name}.npy" for f in spec.sequential})
+    return files
+
+
 class SplitWriter:
     """Write one split chunk by chunk: `with SplitWriter(dir, "train", spec) as w: w.append(columns)`.
 
     Each chunk is a `Columns` whose offsets start at 0; they are rebased as they are appended. Files
-    appear (atomically renamed) only when the block exits without an error.
+    appear (atomically renamed) only when the block exits without an error. `dense_dtype` float64 stages
+    raw dense values for a `SplitRewriter` to normalise (a finished split's dense.npy is float32).
     """
 
     def __init__(self, data_dir: str | os.PathLike, split: str, spec: FeatureSpec,
-                 extras: dict[str, np.dtype] | None = None) -> None:
+                 extras: dict[str, np.dtype] | None = None, *, dense_dtype: np.dtype = np.float32) -> None:
         self.dir = Path(data_dir) / split
         self.dir.mkdir(parents=True, exist_ok=True)
         self.spec = spec
         n_dense = len(spec.dense)
-        a: dict[str, _Appender] = {
-            "label": _Appender(self.dir / "label.npy", np.float32),
-            "group": _Appender(self.dir / "group.npy", np.int64),
-        }
-        if n_dense:
-            a["dense"] = _Appender(self.dir / "dense.npy", np.float32, (n_dense,))
-        for f in spec.categorical:
-            a[f"id:{f.name}"] = _Appender(self.dir / f"{f.name}.npy", np.int32)
-        for g in spec.sequences:
-            a[f"off:{g.name}"] = _Appender(self.dir / f"{g.name}.offsets.npy", np.int64)
-        for f in spec.sequential:
-            a[f"seq:{f.name}"] = _Appender(self.dir / f"{f.name}.npy", np.int32)
+        a: dict[str, _Appender] = {}
+        for key, path in _column_files(self.dir, spec).items():
+            dtype = np.dtype(dense_dtype) if key == "dense" else _DTYPES[key.split(":")[0]]
+            a[key] = _Appender(path, dtype, (n_dense,) if key == "dense" else ())
         for name, dtype in (extras or {}).items():
             a[f"extra:{name}"] = _Appender(self.dir / f"extra.{name}.npy", dtype)
         self._a = a
@@ -181,6 +191,118 @@ def _rows(arrays: dict[str, np.ndarray], name: str, n: int, where: Path) -> np.n
     if arr.shape[0] != n:
         raise StoreError(f"{where}: {name} has {arr.shape[0]} rows, expected {n}")
     return arr
+
+
+class _InPlace:
+    """One .npy file opened for reading and rewriting rows in place (positional reads and writes: no mapping,
+    so resident memory stays at the chunks in hand)."""
+
+    def __init__(self, path: Path, dtype: np.dtype, row_shape: tuple[int, ...] = ()) -> None:
+        self.path = path
+        try:
+            with open(path, "rb") as fh:
+                version = np.lib.format.read_magic(fh)
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else (
+                    np.lib.format.read_array_header_2_0)
+                shape, fortran, found = read_header(fh)
+                self.start = fh.tell()
+        except (OSError, ValueError) as e:
+            raise StoreError(f"{path}: cannot open for rewriting ({e})") from None
+        if found != np.dtype(dtype) or fortran or tuple(shape[1:]) != tuple(row_shape):
+            raise StoreError(f"{path}: expected {np.dtype(dtype)} rows of shape {row_shape}, got {found} {shape}")
+        self.dtype, self.rows = found, int(shape[0])
+        self.row_bytes = found.itemsize * int(np.prod(row_shape, dtype=np.int64))
+        self.row_shape = tuple(row_shape)
+        self.fd = os.open(path, os.O_RDWR)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        out = np.empty((stop - start, *self.row_shape), self.dtype)
+        if out.nbytes and os.preadv(self.fd, [memoryview(out).cast("B")], self.start + start * self.row_bytes) \
+                != out.nbytes:
+            raise StoreError(f"{self.path}: short read at row {start}")
+        return out
+
+    def write(self, start: int, arr: np.ndarray) -> None:
+        arr = np.ascontiguousarray(arr, dtype=self.dtype)
+        if arr.nbytes and os.pwrite(self.fd, memoryview(arr).cast("B"), self.start + start * self.row_bytes) \
+                != arr.nbytes:
+            raise StoreError(f"{self.path}: short write at row {start}")
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class SplitRewriter:
+    """Rewrite a written split in place, row range by row range: `read(r0, r1)` gives the chunk's `Columns`
+    (offsets are the split's own, so a sequence chunk's values start at `offsets[g][0]`), and `write(r0, cols)`
+    puts back its ids, sequence values, groups and dense rows; labels and offsets stay. Chunks are disjoint,
+    so several threads may rewrite at once. A split staged with `SplitWriter(dense_dtype=np.float64)` has its
+    raw dense values read as float64 and written to a new float32 dense.npy, which replaces the staged one on
+    `close()`. `prepare table` writes its provisional codes this way once and maps them to vocabulary indices
+    here, instead of spilling them and writing every column a second time."""
+
+    def __init__(self, data_dir: str | os.PathLike, split: str, spec: FeatureSpec, *,
+                 dense_dtype: np.dtype = np.float32) -> None:
+        self.dir = Path(data_dir) / split
+        self.spec = spec
+        self.files: dict[str, _InPlace] = {}
+        self._dense_out: Path | None = None
+        try:
+            for key, path in _column_files(self.dir, spec).items():
+                dtype = np.dtype(dense_dtype) if key == "dense" else _DTYPES[key.split(":")[0]]
+                self.files[key] = _InPlace(path, dtype, (len(spec.dense),) if key == "dense" else ())
+            self.n = self.files["label"].rows
+            if "dense" in self.files and self.files["dense"].dtype != np.float32:
+                self._dense_out = self.dir / f".dense.npy.tmp-{os.getpid()}"
+                with open(self._dense_out, "wb") as fh:
+                    fh.write(_npy_header(np.dtype(np.float32), (self.n, len(spec.dense))))
+                    fh.truncate(HEADER_BYTES + self.n * len(spec.dense) * 4)
+                self.dense_out = _InPlace(self._dense_out, np.float32, (len(spec.dense),))
+        except BaseException:
+            self.abort()
+            raise
+
+    def read(self, start: int, stop: int) -> Columns:
+        f, spec = self.files, self.spec
+        offsets, values = {}, {}
+        for g in spec.sequences:
+            offsets[g.name] = off = f[f"off:{g.name}"].read(start, stop + 1)
+            for field_ in spec.group_fields(g.name):
+                values[field_.name] = f[f"seq:{field_.name}"].read(int(off[0]), int(off[-1]))
+        return Columns(label=f["label"].read(start, stop), group=f["group"].read(start, stop),
+                       ids={x.name: f[f"id:{x.name}"].read(start, stop) for x in spec.categorical},
+                       offsets=offsets, values=values,
+                       dense=f["dense"].read(start, stop) if "dense" in f else None)
+
+    def write(self, start: int, cols: Columns) -> None:
+        f, spec = self.files, self.spec
+        f["group"].write(start, cols.group)
+        for x in spec.categorical:
+            f[f"id:{x.name}"].write(start, cols.ids[x.name])
+        for g in spec.sequences:
+            first = int(cols.offsets[g.name][0])
+            for field_ in spec.group_fields(g.name):
+                f[f"seq:{field_.name}"].write(first, cols.values[field_.name])
+        if cols.dense is not None:
+            (self.dense_out if self._dense_out else f["dense"]).write(start, cols.dense)
+
+    def close(self) -> None:
+        for x in self.files.values():
+            x.close()
+        if self._dense_out is not None:
+            self.dense_out.close()
+            os.replace(self._dense_out, self.dir / "dense.npy")
+            self._dense_out = None
+
+    def abort(self) -> None:
+        for x in self.files.values():
+            with contextlib.suppress(OSError):
+                x.close()
+        if self._dense_out is not None:
+            with contextlib.suppress(OSError):
+                self.dense_out.close()
+            self._dense_out.unlink(missing_ok=True)
+            self._dense_out = None
 
 
 def write_split(data_dir: str | os.PathLike, split: str, spec: FeatureSpec, cols: Columns) -> None:
@@ -279,5 +401,5 @@ def read_split(data_dir: str | os.PathLike, split: str, spec: FeatureSpec, *, mm
     return Columns(label=label, group=group, ids=ids, offsets=offsets, values=values, dense=dense, extras=extras)
 
 
-__all__ = ["Columns", "SplitWriter", "StoreError", "load_pair_keys", "pair_keys", "pair_keys_path", "read_split",
-           "save_pair_keys", "write_split"]
+__all__ = ["Columns", "SplitRewriter", "SplitWriter", "StoreError", "load_pair_keys", "pair_keys", "pair_keys_path",
+           "read_split", "save_pair_keys", "write_split"]

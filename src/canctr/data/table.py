@@ -65,7 +65,6 @@ import itertools
 import os
 import queue
 import re
-import shutil
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -83,7 +82,7 @@ import pyarrow.parquet as pq
 from canctr.data.encode import describe_source
 from canctr.data.schema import SPLITS, Schema, atomic_write_text, save_vocab
 from canctr.data.spec import FeatureSpec, Field, SpecError
-from canctr.data.store import Columns, SplitWriter, pair_keys, save_pair_keys
+from canctr.data.store import Columns, SplitRewriter, SplitWriter, pair_keys, save_pair_keys
 from canctr.memory import kept_heap, small_pages
 
 PAD_NAME = "<pad/unk>"
@@ -95,7 +94,7 @@ DIRECT_IDS = 1 << 24  # integer ids within this window of the first batch's mini
 PAIR_BITMAP = 1 << 26  # Cartesian key spaces up to this size are collected in a bitmap, else sorted
 TIME_BINS = 1 << 20
 TIME_COLLECT = 1 << 22
-SPILL_DIR = ".table-spill"
+REWRITE_ROWS = 1 << 18  # rows per chunk of pass 2's in-place rewrite
 _INF = np.iinfo(np.int64).max
 _FORMATS = {
     ".parquet": "parquet", ".pq": "parquet", ".parq": "parquet", ".csv": "csv", ".tsv": "tsv",
@@ -801,51 +800,7 @@ class _KeySet:
         return self.merged
 
 
-# -------------------------------------------------------------------------------------------- spill
-
-
-class _Spill:
-    """One split's provisional columns as raw binary files, appended batch by batch and read back in the
-    same chunks."""
-
-    def __init__(self, root: Path, split: str) -> None:
-        self.dir = root / split
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.files: dict[str, Any] = {}
-        self.dtypes: dict[str, np.dtype] = {}
-        self.chunks: list[dict[str, int]] = []  # name -> items written in that chunk
-        self.rows = 0
-
-    def write(self, arrays: dict[str, np.ndarray]) -> None:
-        sizes = {}
-        for name, arr in arrays.items():
-            if name not in self.files:
-                self.files[name] = open(self.dir / f"{name}.bin", "wb")  # noqa: SIM115 - closed in close()
-                self.dtypes[name] = arr.dtype
-            self.files[name].write(np.ascontiguousarray(arr).data)
-            sizes[name] = arr.size
-        self.chunks.append(sizes)
-
-    def read(self) -> Iterator[dict[str, np.ndarray]]:
-        for f in self.files.values():
-            f.close()
-        readers = {name: open(self.dir / f"{name}.bin", "rb") for name in self.files}  # noqa: SIM115
-        try:
-            for sizes in self.chunks:
-                out = {}
-                for name, size in sizes.items():
-                    arr = np.empty(size, self.dtypes[name])
-                    if size and readers[name].readinto(memoryview(arr).cast("B")) != arr.nbytes:
-                        raise OSError(f"{self.dir / name}.bin: short read")
-                    out[name] = arr
-                yield out
-        finally:
-            for f in readers.values():
-                f.close()
-
-    def close(self) -> None:
-        for f in self.files.values():
-            f.close()
+# -------------------------------------------------------------------------------------------- writing
 
 
 class _Writer:
@@ -1018,26 +973,28 @@ class _TablePrepare:
     def run(self) -> Schema:
         spec, out = self.spec, self.out
         _clear_previous(out)
-        spill_root = out / SPILL_DIR
-        shutil.rmtree(spill_root, ignore_errors=True)
         self.writer = _Writer()
         with ThreadPoolExecutor(max_workers=1) as pool:
-            digests = [pool.submit(describe_source, s.path) for s in self.sources]
+            digests: list[Any] = []
             try:
                 if spec.split.by == "time":
                     self.cutoff = self._time_cutoff()
-                self.spills = {s: _Spill(spill_root, s) for s in SPLITS}
-                self._pass1()
-                self.writer.drain()
+                # pass 1 writes each split in its final layout, with provisional codes and raw dense values;
+                # pass 2 rewrites those columns in place (store.SplitRewriter)
+                with contextlib.ExitStack() as stack:
+                    self.stores = {s: stack.enter_context(SplitWriter(out, s, spec, dense_dtype=np.float64))
+                                   for s in SPLITS}
+                    try:
+                        self._pass1()
+                    finally:
+                        self.writer.drain()  # every append is done before the writers close (or abort)
                 pa.default_memory_pool().release_unused()  # pass 2 reads no input: return pass 1's decode buffers
-                for s in SPLITS:
-                    self.spills[s].close()
-                schema = self._pass2([d.result() for d in digests])
+                # the inputs' sha256 runs now, beside the vocabulary fit (one thread), not against pass 1's
+                # decoding for the two cores
+                digests = [pool.submit(describe_source, s.path) for s in self.sources]
+                schema = self._pass2(digests)
             finally:
                 self.writer.close()
-                for s in getattr(self, "spills", {}).values():
-                    s.close()
-                shutil.rmtree(spill_root, ignore_errors=True)
         return schema
 
     def _batches(self) -> Iterator[tuple[TableSource, int, pa.RecordBatch]]:
@@ -1187,9 +1144,6 @@ class _TablePrepare:
             for s in masks:
                 elems[s][g] = None if e is None else (e if s == "test" else ~e)
         out: dict[str, dict[str, np.ndarray]] = {s: {} for s in masks}
-        for s, m in masks.items():
-            out[s]["label"] = enc.label if m is None else enc.label[m]
-            out[s]["group"] = enc.group if m is None else enc.group[m]
         fit = "train" in masks
         if fit:
             m = masks["train"]
@@ -1222,17 +1176,19 @@ class _TablePrepare:
                         return at[r] * S + slot + (pos - off[r])
 
                     self.firsts[f.table].add(out["train"][f"seq.{f.name}"], order, floor * S)
-        if self.dense:
-            for s, m in masks.items():
-                out[s]["dense"] = enc.dense if m is None else enc.dense[m]
-            if fit:
-                x = out["train"]["dense"]
-                for j, f in enumerate(self.dense):
-                    self.moments[j].add(np.log1p(x[:, j]) if f.norm == "log1p" else x[:, j])
-            for s in masks:
-                out[s]["dense"] = out[s]["dense"].ravel()
-        for s, arrays in out.items():
-            self.writer.submit(self.spills[s].write, arrays)
+        for s, m in masks.items():
+            dense = None
+            if self.dense:
+                dense = enc.dense if m is None else enc.dense[m]
+                if s == "train":
+                    for j, f in enumerate(self.dense):
+                        self.moments[j].add(np.log1p(dense[:, j]) if f.norm == "log1p" else dense[:, j])
+            cols = Columns(label=enc.label if m is None else enc.label[m],
+                           group=enc.group if m is None else enc.group[m],
+                           ids={f.name: out[s][f"id.{f.name}"] for f in spec.categorical},
+                           offsets={g.name: _offsets(out[s][f"len.{g.name}"]) for g in spec.sequences},
+                           values={f.name: out[s][f"seq.{f.name}"] for f in spec.sequential}, dense=dense)
+            self.writer.submit(self.stores[s].append, cols)
 
     def _encode(self, f: Field, arr: pa.Array) -> np.ndarray:
         coder = self.coders[f.table]
@@ -1399,7 +1355,7 @@ class _TablePrepare:
             st.grow(coder.n + 1)
             count, first = st.count[: coder.n + 1], st.first[: coder.n + 1]
             eligible = np.flatnonzero((count >= fields[0].min_count) & (np.arange(count.size) > 0))
-            order = eligible[np.lexsort((first[eligible], -count[eligible]))]
+            order = eligible[_by_count_then_first(count[eligible], first[eligible])]
             lut = np.zeros(coder.n + 1, np.int32)
             lut[order] = np.arange(1, order.size + 1, dtype=np.int32)
             luts[table] = lut
@@ -1407,7 +1363,9 @@ class _TablePrepare:
             sizes[table] = order.size + 1
         return luts, raw, sizes
 
-    def _pass2(self, sources: list[dict[str, Any]]) -> Schema:
+    def _pass2(self, digests: list[Any]) -> Schema:
+        """Fit the vocabularies, rewrite both splits in place and write the vocabularies and schema.json;
+        `digests`: futures of the inputs' descriptions (sha256), awaited at the end."""
         spec, out = self.spec, self.out
         luts, raw, sizes = self._fit()
         lut_arrays = {table: pa.array(lut) for table, lut in luts.items()}  # gathered from by _remap
@@ -1416,7 +1374,7 @@ class _TablePrepare:
             first = self.group_first.first[: self.group_coder.n + 1].copy()
             first[0] = _INF
             seen = np.flatnonzero(first < _INF)
-            order = seen[np.argsort(first[seen], kind="stable")]
+            order = seen[np.argsort(first[seen])]  # first appearances are distinct: no stable sort needed
             group_lut = np.full(self.group_coder.n + 1, -1, np.int64)
             group_lut[order] = np.arange(order.size, dtype=np.int64)
         norms = {}
@@ -1431,41 +1389,44 @@ class _TablePrepare:
         samples, positives, max_len = {}, {}, {s: {g.name: 0 for g in spec.sequences} for s in SPLITS}
         group_seen = {}
         for split in SPLITS:
-            spill = self.spills[split]
-            n_rows = sum(c.get("label", 0) for c in spill.chunks)
+            n_rows = self.stores[split].n
             if n_rows == 0:
                 raise TableError(self.sources[0].path if len(self.sources) == 1 else "--input", _empty_split(
                     split, self.spec, self.rows_read))
-            samples[split], positives[split] = 0, 0
+            samples[split], positives[split] = n_rows, 0
             seen_groups = np.zeros(self.group_coder.n + 1 if spec.group else 0, bool)
-            with SplitWriter(out, split, spec) as writer, ThreadPoolExecutor(max_workers=2) as pool:
-                # chunks are remapped on two threads (numpy releases the GIL in the lookups), at most two
-                # in flight; their tallies are merged and their appends queued here, in chunk order
-                pending: collections.deque = collections.deque()
-                try:
-                    for chunk in itertools.chain(spill.read(), [None]):  # None: the end, drain what is left
-                        if chunk is not None:
-                            pending.append(pool.submit(self._remap, chunk, split, lut_arrays, group_lut, norms,
-                                                       pair_sets))
-                        while len(pending) > (1 if chunk is not None else 0):
-                            cols, tally, keys = pending.popleft().result()
-                            for name, k in tally["nulls"].items():
-                                self.nulls[split][name] += k
-                            for name, k in tally["oov"].items():
-                                oov[split][name] += k
-                            for name, k in tally["max_len"].items():
-                                max_len[split][name] = max(max_len[split][name], k)
-                            for name, k in keys.items():
-                                pair_sets[name][0].add(k)
-                            if spec.group:
-                                seen_groups[cols.group] = True
-                            samples[split] += cols.n
-                            positives[split] += int(np.count_nonzero(cols.label))
-                            self.writer.submit(writer.append, cols)
-                finally:
-                    for f in pending:
-                        f.cancel()
-                    self.writer.drain()  # every append is done before the writer closes (or aborts)
+            rewriter = SplitRewriter(out, split, spec, dense_dtype=np.float64)
+            try:
+                with ThreadPoolExecutor(max_workers=2) as pool:
+                    # row chunks are rewritten in place on two threads (numpy, pyarrow and the positional reads
+                    # and writes release the GIL), a few in flight; their tallies are merged here, in order
+                    pending: collections.deque = collections.deque()
+                    try:
+                        starts = range(0, n_rows, REWRITE_ROWS)
+                        for r0 in itertools.chain(starts, [None]):  # None: the end, drain what is left
+                            if r0 is not None:
+                                pending.append(pool.submit(self._remap, rewriter, r0, min(r0 + REWRITE_ROWS, n_rows),
+                                                           split, lut_arrays, group_lut, norms, pair_sets))
+                            while len(pending) > (2 if r0 is not None else 0):
+                                tally, keys, groups, pos = pending.popleft().result()
+                                for name, k in tally["nulls"].items():
+                                    self.nulls[split][name] += k
+                                for name, k in tally["oov"].items():
+                                    oov[split][name] += k
+                                for name, k in tally["max_len"].items():
+                                    max_len[split][name] = max(max_len[split][name], k)
+                                for name, k in keys.items():
+                                    pair_sets[name][0].add(k)
+                                if spec.group:
+                                    seen_groups[groups] = True
+                                positives[split] += pos
+                    finally:
+                        for f in pending:
+                            f.cancel()
+            except BaseException:
+                rewriter.abort()
+                raise
+            rewriter.close()
             group_seen[split] = int(np.count_nonzero(seen_groups)) if spec.group else samples[split]
         distinct_keys = {name: ks.sorted() for name, (ks, _) in pair_sets.items()}
         for table, ids in raw.items():
@@ -1499,7 +1460,7 @@ class _TablePrepare:
             splits=samples,
             pairs={name: int(k.size) + 1 for name, k in distinct_keys.items()},
             dense=norms,
-            sources=sources,
+            sources=[d.result() for d in digests],
             counts=counts,
             options={"list_sep": self.list_sep, "skip_bad_rows": self.skip,
                      "key_types": dict(sorted(self.modes.items())), "hash": "canctr stable_hash v1"},
@@ -1517,33 +1478,33 @@ class _TablePrepare:
         if not hashed and (split != "train" or f.min_count > 1):
             tally["oov"][f.name] = int(np.count_nonzero(idx == 0)) - nulls
 
-    def _remap(self, chunk: dict[str, np.ndarray], split: str, luts: dict[str, pa.Array],
+    def _remap(self, rewriter: SplitRewriter, r0: int, r1: int, split: str, luts: dict[str, pa.Array],
                group_lut: np.ndarray | None, norms: dict[str, dict[str, float]],
-               pair_sets: dict[str, tuple[_KeySet, int]]) -> tuple[Columns, dict[str, dict[str, int]],
-                                                                  dict[str, np.ndarray]]:
-        """One spilled chunk -> (its columns in the fitted indices, {nulls, oov, max_len: name -> count} of the
-        chunk, Cartesian pair keys of the chunk (training rows only)). Touches no shared state: chunks are
-        remapped on several threads."""
+               pair_sets: dict[str, tuple[_KeySet, int]]) -> tuple[dict[str, dict[str, int]], dict[str, np.ndarray],
+                                                                  np.ndarray, int]:
+        """Rows r0:r1 of a split rewritten in place: provisional codes -> fitted indices, group codes -> group
+        index, raw dense -> normalised. Returns ({nulls, oov, max_len: name -> count} of the chunk, its Cartesian
+        pair keys (training rows only), its group indices, its positives). Touches no shared state but its own
+        rows: chunks are rewritten on several threads."""
         spec = self.spec
-        ids, values, offsets = {}, {}, {}
+        chunk = rewriter.read(r0, r1)
         tally: dict[str, dict[str, int]] = {"nulls": {}, "oov": {}, "max_len": {}}
         for f in spec.categorical:
-            codes = chunk[f"id.{f.name}"]
-            ids[f.name] = idx = _gather(luts[f.table], codes)
+            codes = chunk.ids[f.name]
+            chunk.ids[f.name] = idx = _gather(luts[f.table], codes)
             self._count(f, split, codes, idx, tally)
         for g in spec.sequences:
-            lens = chunk[f"len.{g.name}"].astype(np.int64, copy=False)
-            offsets[g.name] = _offsets(lens)
+            lens = chunk.lengths(g.name)
             if lens.size:
                 tally["max_len"][g.name] = int(lens.max())
             for f in spec.group_fields(g.name):
-                codes = chunk[f"seq.{f.name}"]
-                values[f.name] = idx = _gather(luts[f.table], codes)
+                codes = chunk.values[f.name]
+                chunk.values[f.name] = idx = _gather(luts[f.table], codes)
                 self._count(f, split, codes, idx, tally)
-        group = chunk["group"] if group_lut is None else group_lut[chunk["group"]]
-        dense = None
+        if group_lut is not None:
+            chunk.group = group_lut[chunk.group]
         if self.dense:
-            raw = chunk["dense"].reshape(-1, len(self.dense))
+            raw = chunk.dense
             dense = np.empty(raw.shape, np.float32)
             for j, f in enumerate(self.dense):
                 x = raw[:, j]
@@ -1552,12 +1513,13 @@ class _TablePrepare:
                 norm = norms[f.name]
                 x = np.where(np.isnan(x), norm["fill"], x)
                 dense[:, j] = (x - norm["shift"]) / norm["scale"]
-        cols = Columns(label=chunk["label"], group=group, ids=ids, offsets=offsets, values=values, dense=dense)
+            chunk.dense = dense
+        rewriter.write(r0, chunk)
         keys = {}
         if split == "train":
             for p in spec.cartesian:
-                keys[p.name] = pair_keys(spec, cols, p.induction, p.feed, pair_sets[p.name][1])
-        return cols, tally, keys
+                keys[p.name] = pair_keys(spec, chunk, p.induction, p.feed, pair_sets[p.name][1])
+        return tally, keys, chunk.group, int(np.count_nonzero(chunk.label))
 
 
 # -------------------------------------------------------------------------------------------- helpers
@@ -1622,6 +1584,18 @@ def _split_flags(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros(n, bool), np.ones(n, bool)
     x, _ = _to_float(arr)
     return x == 1, ~((x == 0) | (x == 1))
+
+
+def _by_count_then_first(count: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """The order of descending count, ties by ascending first appearance (np.lexsort((first, -count))), by one
+    unstable sort of a combined key: first appearances are distinct positions, so their ranks break every
+    tie, and numpy's SIMD sort of distinct int64 keys is several times faster than a stable two-key sort."""
+    n = count.size
+    if n == 0 or int(count.max()) >= (1 << 62) // n:  # the combined key would overflow
+        return np.lexsort((first, -count))
+    rank = np.empty(n, np.int64)
+    rank[np.argsort(first)] = np.arange(n)
+    return np.argsort((int(count.max()) - count) * n + rank)
 
 
 def _time_key(t: np.ndarray) -> np.ndarray:
