@@ -20,15 +20,18 @@ Passes:
      window by a lookup table, other integers by a sorted array, strings by a dict over each batch's
      distinct values; never per row in Python). The training rows' occurrences are counted per
      embedding table (with the position of each id's first appearance) and the dense fields' moments
-     are accumulated. The provisional codes are spilled to DIR/.table-spill (raw binary, deleted at the
-     end) so the input is read once. Three threads: pyarrow decodes, one thread checks and codes, another
-     splits, counts and spills (numpy and pyarrow release the GIL in their array work).
+     are accumulated. Each split is appended to a `store.SplitWriter` in its final layout, holding the
+     provisional codes and the raw (float64) dense values, so the input is read once and every byte of
+     the output is written once. Three threads: pyarrow decodes, one thread checks and codes, another
+     splits, counts and hands the chunks to the writer thread (numpy and pyarrow release the GIL in
+     their array work).
   2. the vocabularies are fitted (train count descending, ties by first appearance in the training
      rows: row order, then the spec's field order, then sequence position oldest first; count <
-     min_count -> 0), the spilled codes are remapped through one lookup table per embedding table,
-     dense values normalised, Cartesian pair keys collected from the training rows (chunks on two
-     threads, merged in order), and each split is appended to a `store.SplitWriter`. vocab/<table>.json,
-     vocab/pairs/*.npy and schema.json (last) follow.
+     min_count -> 0) while the inputs' sha256 is computed, then each split is rewritten in place by a
+     `store.SplitRewriter`, row chunk by row chunk on two threads: codes through one lookup table per
+     embedding table, group codes to the group index, dense values normalised (float32), Cartesian pair
+     keys collected from the training rows. vocab/<table>.json, vocab/pairs/*.npy and schema.json (last)
+     follow.
 
 Ids are normalised per embedding table: when every column of a table holds integers (int / list<int>)
 they are compared as integers, otherwise every column is cast to text (an integer 7 becomes "7"), so
