@@ -303,6 +303,31 @@ def test_target_attention_masking(softmax):
     torch.testing.assert_close(weights2[:, :L], weights)
 
 
+@pytest.mark.parametrize("softmax", [True, False])
+def test_target_attention_fast_scores_equal_the_reference(softmax):
+    """The per-sample [D, h1] first layer (`_scores`, baddbmm) equals the activation unit on the concatenated
+    [q, k, q - k, q * k] (`reference_scores`, the official code), forward and every gradient, in float64."""
+    torch.manual_seed(1)
+    att = TargetAttention(5, query_dim=7, hidden=(6, 3), softmax=softmax).double()
+    query = torch.randn(4, 7, dtype=torch.float64, requires_grad=True)
+    keys = torch.randn(4, 9, 5, dtype=torch.float64, requires_grad=True)
+    outs = []
+    for fn in (att._scores, att.reference_scores):
+        att.zero_grad()
+        query.grad = keys.grad = None
+        s = fn(att.query_proj(query), keys)
+        (s * torch.linspace(-1, 1, 9, dtype=torch.float64)).sum().backward()
+        outs.append((s.detach(), query.grad.clone(), keys.grad.clone(),
+                     [p.grad.clone() for p in att.parameters() if p.grad is not None]))
+    (s1, gq1, gk1, gp1), (s2, gq2, gk2, gp2) = outs
+    torch.testing.assert_close(s1, s2, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gq1, gq2, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gk1, gk2, rtol=1e-12, atol=1e-12)
+    assert len(gp1) == len(gp2) > 0
+    for a, b in zip(gp1, gp2):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_target_attention_query_projection():
     att = TargetAttention(6, query_dim=10)
     weights, pooled = att(torch.randn(2, 10), torch.randn(2, 3, 6), torch.ones(2, 3, dtype=torch.bool))
