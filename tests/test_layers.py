@@ -279,6 +279,30 @@ def test_dice_eval_is_independent_of_batch_mates():
     assert torch.isfinite(dice(torch.randn(1, 6))).all()  # a single-row training batch does not raise
 
 
+def test_gather_rows_equals_the_embedding_module_bit_for_bit():
+    """gather_rows (index_select) gives nn.Embedding's rows and, with repeated ids, the very same table
+    gradient (same accumulation order); a sparse table (lazy Adam) keeps its sparse gradient."""
+    from canctr.layers.embedding import embedding_table, gather_rows
+
+    torch.manual_seed(4)
+    table = embedding_table(7, 3)
+    ids = torch.randint(0, 7, (5, 40))
+    g = torch.randn(5, 40, 3)
+    out = gather_rows(table, ids)
+    out.backward(g)
+    fast = table.weight.grad.clone()
+    table.weight.grad = None
+    ref = table(ids)
+    ref.backward(g)
+    assert torch.equal(out, ref) and out.shape == (5, 40, 3)
+    assert torch.equal(fast, table.weight.grad)
+    table.weight.grad = None
+    table.sparse = True
+    gather_rows(table, ids).backward(g)
+    assert table.weight.grad.is_sparse
+    torch.testing.assert_close(table.weight.grad.to_dense(), fast)
+
+
 # --------------------------------------------------------------------------------------------- attention
 
 

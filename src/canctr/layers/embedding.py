@@ -34,6 +34,16 @@ def embedding_table(num: int, dim: int, init: EmbeddingInit = "glorot") -> nn.Em
     return table
 
 
+def gather_rows(table: nn.Embedding, ids: Tensor) -> Tensor:
+    """table(ids): ids [...] -> [..., D]. A table with dense gradients is read by index_select, whose backward
+    (index_add_) accumulates the same rows in the same order as nn.Embedding's (bit for bit) but 3-4x faster
+    on CPU for a history's 6,400-50,000 lookups (embedding_dense_backward adds one row per index as a tensor
+    op). A sparse table (lazy Adam sets `sparse`) or one with padding_idx / max_norm goes through the module."""
+    if table.sparse or table.padding_idx is not None or table.max_norm is not None:
+        return table(ids)
+    return table.weight.index_select(0, ids.reshape(-1)).view(*ids.shape, table.embedding_dim)
+
+
 def masked_sum(x: Tensor, mask: Tensor) -> Tensor:
     """Sum of x [B, L, D] over valid positions (mask [B, L] bool) -> [B, D].
 

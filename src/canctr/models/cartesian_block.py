@@ -24,7 +24,7 @@ from canctr.data.batch import Batch
 from canctr.data.schema import Schema
 from canctr.data.spec import Pair
 from canctr.data.store import load_pair_keys, pair_keys_path
-from canctr.layers.embedding import EmbeddingInit, embedding_table, masked_sum
+from canctr.layers.embedding import EmbeddingInit, embedding_table, gather_rows, masked_sum
 from canctr.models.registry import FeatureBlock
 
 
@@ -84,7 +84,7 @@ class CartesianPair(nn.Module):
         return pair_ids(self.keys, key if key.dim() == 2 else key.unsqueeze(1))
 
     def forward(self, batch: Batch) -> Tensor:
-        x = self.table(self.ids(batch))  # [B, L, E]
+        x = gather_rows(self.table, self.ids(batch))  # [B, L, E]
         return x[:, 0] if self.group is None else masked_sum(x, batch.mask(self.group))
 
 

@@ -33,7 +33,7 @@ from canctr.data.batch import Batch
 from canctr.data.schema import Schema
 from canctr.data.spec import FeatureSpec
 from canctr.layers.coaction import CoAction, CoActionConfig
-from canctr.layers.embedding import EmbeddingInit, embedding_table
+from canctr.layers.embedding import EmbeddingInit, embedding_table, gather_rows
 from canctr.models.features import FeatureEmbeddings
 from canctr.models.registry import FeatureBlock
 
@@ -174,8 +174,9 @@ class CoActionBlock(nn.Module):
     def forward(self, batch: Batch) -> Tensor:
         P, D = self.unit.induction_dim, self.unit.feed_dim
         # one lookup per field and role: [B, width] for a categorical field, [B, L, width] for a sequence
-        inducers = {f: self.induction[self.table_of[f]](batch[f]) for f in dict.fromkeys(i for i, _ in self.sides)}
-        fed = {f: self.feed[self.table_of[f]](batch[f]) for f in dict.fromkeys(f for _, f in self.sides)}
+        inducers = {f: gather_rows(self.induction[self.table_of[f]], batch[f])
+                    for f in dict.fromkeys(i for i, _ in self.sides)}
+        fed = {f: gather_rows(self.feed[self.table_of[f]], batch[f]) for f in dict.fromkeys(f for _, f in self.sides)}
         B, user = batch.size, batch.user
         shared_user = batch.user_fields if user is not None else frozenset()
         ind_parts, feed_parts, masks, shared = [], [], [], []

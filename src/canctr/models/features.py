@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from canctr.data.batch import Batch
 from canctr.data.schema import Schema
 from canctr.data.spec import FeatureSpec
-from canctr.layers.embedding import EmbeddingInit, embedding_table, masked_sum
+from canctr.layers.embedding import EmbeddingInit, embedding_table, gather_rows, masked_sum
 from canctr.layers.interaction import LinearTerm
 
 Pool = Literal["sum", "mean"]
@@ -134,7 +134,7 @@ class FeatureEmbeddings(nn.Module):
     def lookup(self, name: str, ids: Tensor) -> Tensor:
         """The representation of field `name`'s ids [...] -> [..., E]."""
         table = self.tables[self.table_of[name]]
-        rows = table(ids)
+        rows = gather_rows(table, ids)
         return rows if table.embedding_dim == self.dim else rows[..., : self.dim]
 
     def widen(self, table: str, width: int, init: EmbeddingInit) -> nn.Embedding:
@@ -295,7 +295,7 @@ class FieldEmbeddings(nn.Module):
             raise ValueError("FieldEmbeddings takes one row per candidate: give it batch.expanded()")
         columns = []
         for n in self.fields:
-            x = self.tables[self.table_of[n]](batch[n])  # [B, W] or, for a sequence, [B, L, W]
+            x = gather_rows(self.tables[self.table_of[n]], batch[n])  # [B, W] or, for a sequence, [B, L, W]
             if n in self.group_of:
                 g = self.group_of[n]
                 x = _pooled(masked_sum(x, batch.mask(g)), batch.lengths[g], self.pool)
