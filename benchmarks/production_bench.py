@@ -32,18 +32,6 @@ VOCAB = {"user": 100_000, "ad": 100_000, "item": 200_000, "shop": 20_000, "cate"
          "campaign": 5_000}
 
 
-def matmul_peak_gflops(n: int = 2048, reps: int = 10) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(2):
-        a @ b
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best / 1e9
-
-
 def timed(fn, reps: int) -> float:
     """Median seconds of fn() over reps calls (after one warm-up)."""
     fn()
@@ -91,6 +79,7 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--out", default=None, help="results file stem (.json + .md)")
     a = ap.parse_args()
+    from canctr.bench import matmul_peak_gflops
     from canctr.data.batch import BatchLoader, load_split
     from canctr.data.random_data import write_random_dataset
     from canctr.data.spec import FeatureSpec

@@ -54,6 +54,20 @@ def _peak_memory_mb(device: torch.device) -> float:
 SECTIONS = ("train", "infer", "loader", "pipeline")
 
 
+def matmul_peak_gflops(n: int = 2048, reps: int = 10) -> float:
+    """The machine's measured float32 matmul rate with torch's current threads: the best of `reps` [n, n] @ [n, n]
+    products, in GFLOP/s (2 n^3 FLOPs each). What a training step's achieved FLOP/s is compared against."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(2):
+        a @ b
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
 def untrained_run(model_name: str, schema: Schema, data: str | Path, run_dir: str | Path) -> Path:
     """A run directory holding a freshly initialised model (seed 0) for `schema`, its config naming `data`:
     what the scoring benchmarks load, since latency and throughput do not depend on the weights."""
@@ -100,13 +114,14 @@ def _cycle(loader: BatchLoader):
 
 
 def training_batches(data: str | Path, batch_size: int, n: int, *, bucket: int = 20, seed: int = 0,
-                     device: torch.device | str = "cpu", negatives: tuple[str, ...] = ()) -> list[Batch]:
+                     device: torch.device | str = "cpu", negatives: tuple[str, ...] = (),
+                     max_len: int | None = 100) -> list[Batch]:
     """The first n training batches (length-bucketed, full-size, crossing epochs if needed): the fixed batch
     sequence the benchmark scripts time every variant on (negatives: the groups DIEN needs, see
-    models.base.negative_groups)."""
+    models.base.negative_groups; max_len: the training history cut-off, 100 as `canctr train`'s default)."""
     spec = Schema.load(data).spec
     loader = BatchLoader(load_split(data, "train", spec), spec, batch_size=batch_size, shuffle=True, seed=seed,
-                         max_len=100, bucket=bucket, drop_last=True, device=device, negatives=negatives)
+                         max_len=max_len, bucket=bucket, drop_last=True, device=device, negatives=negatives)
     return list(itertools.islice(_cycle(loader), n))
 
 
