@@ -180,3 +180,67 @@ def test_scorer_shares_the_user_side_and_refuses_nothing(schema_batch: tuple[Sch
         got = torch.from_numpy(scorer.probabilities(shared))
         want = torch.from_numpy(scorer.probabilities(dataclasses.replace(shared).expanded()))
         torch.testing.assert_close(got, want, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("form", ["code", "paper"])
+def test_augru_cpu_loop_equals_the_step_reference(form: str) -> None:
+    """The allocation-free AUGRU loop (numpy's tanh as the sigmoid, halves folded in) against one `_augru_step` a
+    step: full rows, ragged rows with an empty one, rows all shorter than the width, and a projection broadcast
+    from one user (stride 0), to 1e-6."""
+    from canctr.layers.sequence import _augru_infer_cpu, _augru_infer_reference
+
+    g = torch.Generator().manual_seed(5)
+    B, L, H = 7, 9, 4
+    w_gates, w_cand = torch.randn(2 * H, H, generator=g), torch.randn(H, H, generator=g)
+    attention = torch.rand(B, L, generator=g)
+    full = torch.randn(B, L, 3 * H, generator=g)
+    one = torch.randn(1, L, 3 * H, generator=g).expand(B, -1, -1)
+    for x in (full, one):
+        x_gates, x_cand = x.split([2 * H, H], dim=-1)
+        for lengths in ([L] * B, [9, 0, 3, 9, 1, 5, 9], [6] * B, [4, 2, 6, 1, 6, 3, 0]):
+            mask = torch.arange(L)[None, :] < torch.tensor(lengths)[:, None]
+            args = (x_gates, x_cand, attention, mask, w_gates, w_cand, form == "paper")
+            torch.testing.assert_close(_augru_infer_cpu(*args), _augru_infer_reference(*args), atol=TOL, rtol=0)
+
+
+def test_dien_scores_with_the_lean_loop_equal_the_reference(schema_batch: tuple[Schema, Batch],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """can-dien's scores of a user-shared batch with the lean AUGRU loop and with the step-by-step reference."""
+    from canctr.layers import sequence
+
+    schema, batch = schema_batch
+    torch.manual_seed(0)
+    model = create_model("can-dien", schema, make_config("can-dien", {})).eval()
+    for sources, user in layouts(batch.size).values():
+        shared = share(batch, schema, sources, user)
+        with torch.inference_mode():
+            fast = torch.sigmoid(model(shared).logits)
+            with monkeypatch.context() as m:
+                m.setattr(sequence, "_augru_infer_cpu", sequence._augru_infer_reference)
+                ref = torch.sigmoid(model(shared).logits)
+        torch.testing.assert_close(fast, ref, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("form", ["code", "paper"])
+def test_export_forms_equal_the_eager_recurrences(form: str) -> None:
+    """What the ONNX export traces, run eagerly: the extractor's opaque `gru_states` op against nn.GRU, the
+    AUGRU's Scan (few nodes a step) against its reference, ragged rows included."""
+    from canctr.layers.sequence import _augru_scan_export, gru_states
+
+    g = torch.Generator().manual_seed(6)
+    torch.manual_seed(6)
+    extractor = torch.nn.GRU(5, 4, batch_first=True)
+    x = torch.randn(3, 7, 5, generator=g)
+    with torch.no_grad():
+        got = gru_states(x, extractor.weight_ih_l0, extractor.weight_hh_l0, extractor.bias_ih_l0, extractor.bias_hh_l0)
+        torch.testing.assert_close(got, extractor(x)[0], atol=TOL, rtol=0)
+    gru = AUGRU(6, 5, form=form)
+    x = torch.randn(4, 7, 6, generator=g)
+    attention = torch.rand(4, 7, generator=g)
+    mask = torch.arange(7)[None, :] < torch.tensor([7, 0, 3, 5])[:, None]
+    H = gru.hidden_dim
+    with torch.no_grad():
+        x_gates, x_cand = gru.input_proj(x).split([2 * H, H], dim=-1)
+        got = _augru_scan_export(x_gates, x_cand, attention, mask, gru.gate_proj.weight, gru.cand_proj.weight,
+                                 form == "paper")
+        torch.testing.assert_close(got, gru.reference_forward(x, attention, mask), atol=TOL, rtol=0)

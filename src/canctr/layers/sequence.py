@@ -11,6 +11,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -42,29 +43,45 @@ class InterestExtractor(nn.Module):
             self.gru.bias_ih_l0[: 2 * H].fill_(1.0)  # reset and update gates
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        # torch.export decomposes nn.GRU into a Python loop that fixes L; a scan keeps it dynamic (ONNX Scan)
-        states = _gru_scan_export(x, self.gru) if torch.compiler.is_exporting() else self.gru(x)[0]
+        # torch.export decomposes nn.GRU into a Python loop that fixes L: exported, the GRU is one opaque op
+        # (`gru_states`) that the ONNX export writes as ONNX's GRU (`onnx_translations`), L dynamic
+        g = self.gru
+        states = gru_states(x, g.weight_ih_l0, g.weight_hh_l0, g.bias_ih_l0, g.bias_hh_l0) \
+            if torch.compiler.is_exporting() else g(x)[0]
         return states.masked_fill(~mask.unsqueeze(-1), 0.0)
 
 
-def _gru_scan_export(x: Tensor, gru: nn.GRU) -> Tensor:
-    """nn.GRU's forward (one layer, batch first, torch's gate order r, z, n) as torch's scan operator, for
-    torch.export: x [B, L, D] -> states [B, L, H]. The input projections of all steps are one matmul."""
-    from torch._higher_order_ops.scan import scan
+@torch.library.custom_op("canctr::gru_states", mutates_args=())
+def gru_states(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor) -> Tensor:
+    """One layer of nn.GRU, batch first, from a zero state: x [B, L, D] -> states [B, L, H] (the exported
+    extractor; eagerly torch's GRU)."""
+    h0 = x.new_zeros(1, x.shape[0], w_hh.shape[1])
+    return torch.gru(x, h0, [w_ih, w_hh, b_ih, b_hh], True, 1, 0.0, False, False, True)[0]
 
-    H = gru.hidden_size
-    x_proj = torch.nn.functional.linear(x, gru.weight_ih_l0, gru.bias_ih_l0).transpose(0, 1)  # [L, B, 3H]
-    w_hh_t, b_hh = gru.weight_hh_l0.t(), gru.bias_hh_l0
 
-    def step(h: Tensor, xp: Tensor) -> tuple[Tensor, Tensor]:
-        hp = torch.addmm(b_hh, h, w_hh_t)  # [B, 3H]
-        r, z = torch.sigmoid(xp[:, : 2 * H] + hp[:, : 2 * H]).chunk(2, dim=-1)
-        n = torch.tanh(xp[:, 2 * H :] + r * hp[:, 2 * H :])
-        h = torch.lerp(n, h, z)  # (1 - z) * n + z * h
-        return h, h.clone()
+@gru_states.register_fake
+def _gru_states_fake(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor) -> Tensor:
+    return x.new_empty(x.shape[0], x.shape[1], w_hh.shape[1])
 
-    _, states = scan(step, x.new_zeros(x.shape[0], H), x_proj)  # states [L, B, H]
-    return states.transpose(0, 1)
+
+def onnx_translations() -> dict:
+    """The ONNX export's translation of the ops above (`torch.onnx.export(custom_translation_table=...)`):
+    `gru_states` as ONNX's GRU with linear_before_reset = 1 (torch's GRU: the reset gate applied after the
+    recurrent matmul), one fused kernel in ONNX Runtime instead of a Scan of a dozen nodes a step."""
+    from onnxscript import opset18 as op
+
+    def gru(x, w_ih, w_hh, b_ih, b_hh):  # noqa: ANN001, ANN202
+        H = w_hh.shape[1]  # the weights' shapes are static
+
+        def zrh(t):  # noqa: ANN001, ANN202 - torch's gate blocks (r, z, n) in ONNX's order (z, r, h); folded
+            return op.Concat(*(op.Slice(t, [a * H], [a * H + H], [0]) for a in (1, 0, 2)), axis=0)
+
+        w, r = op.Unsqueeze(zrh(w_ih), [0]), op.Unsqueeze(zrh(w_hh), [0])  # [1, 3H, D], [1, 3H, H]
+        b = op.Unsqueeze(op.Concat(zrh(b_ih), zrh(b_hh), axis=0), [0])  # [1, 6H]
+        y, _ = op.GRU(op.Transpose(x, perm=[1, 0, 2]), w, r, b, hidden_size=H, linear_before_reset=1)
+        return op.Transpose(op.Squeeze(y, [1]), perm=[1, 0, 2])  # [L, 1, B, H] -> [B, L, H]
+
+    return {torch.ops.canctr.gru_states.default: gru}
 
 
 class AUGRU(nn.Module):
@@ -144,8 +161,62 @@ class AUGRU(nn.Module):
 
 def _augru_infer(x_gates: Tensor, x_cand: Tensor, attention: Tensor, mask: Tensor, w_gates: Tensor, w_cand: Tensor,
                  paper: bool) -> Tensor:
-    """`_AUGRUScan.forward` without what its backward needs (shapes as there): the loop stops at the longest
-    row, and when every row has that length (one user's candidates) the per-step masking is skipped."""
+    """`_AUGRUScan.forward` without what its backward needs (shapes as there), for scoring: float32 on the CPU
+    the lean loop `_augru_infer_cpu`, else `_augru_infer_reference`."""
+    if (x_cand.device.type == "cpu" and x_cand.dtype == torch.float32 and x_gates.dtype == torch.float32
+            and not torch.compiler.is_compiling()):
+        return _augru_infer_cpu(x_gates, x_cand, attention, mask, w_gates, w_cand, paper)
+    return _augru_infer_reference(x_gates, x_cand, attention, mask, w_gates, w_cand, paper)
+
+
+def _augru_infer_cpu(x_gates: Tensor, x_cand: Tensor, attention: Tensor, mask: Tensor, w_gates: Tensor,
+                     w_cand: Tensor, paper: bool) -> Tensor:
+    """`_augru_infer_reference` in 7 calls a step, none allocating (a step's work is small, ~100 x 36 at
+    scoring: the calls' fixed costs are the time). The per-step slices are taken once (unbind), results go to
+    buffers allocated once (out=), and the sigmoid is numpy's tanh on the same memory:
+    sigmoid(z) = (1 + tanh(z / 2)) / 2, the halves folded into the inputs and weights (exact: powers of two),
+        g      = tanh(x_g / 2 + h (W_g / 2))               = [2r - 1 | 2u - 1]
+        rh     = h + g_r * h                               = 2 r h
+        c      = tanh(x_c + rh (W_c / 2))
+        ue     = keep / 2 + g_u * keep / 2                 = u keep
+        h      = lerp(c, h, ue) (code) or lerp(h, c, ue) (paper), kept where the position is valid.
+    The loop stops at the longest row; when every row has that length the masking is skipped."""
+    B, L, H = x_cand.shape
+    lengths = mask.sum(1)
+    steps = int(lengths.max()) if B else 0
+    full = bool((lengths == steps).all())
+    # one user's projection broadcast over its candidates (stride 0): halve that row only
+    xg = (0.5 * x_gates[:1, :steps]).expand(B, -1, -1) if x_gates.stride(0) == 0 else 0.5 * x_gates[:, :steps]
+    xg = xg.unbind(1)  # [B, 2H] each
+    xc = x_cand[:, :steps].unbind(1)
+    kh = (0.5 * (attention[:, :steps] if paper else 1.0 - attention[:, :steps])).unsqueeze(-1).unbind(1)
+    valid = None if full else mask[:, :steps].unsqueeze(-1).unbind(1)
+    wg_t, wc_t = (0.5 * w_gates).t(), (0.5 * w_cand).t()
+    h = x_cand.new_zeros(B, H)
+    g, rh, c, ue = x_cand.new_empty(B, 2 * H), x_cand.new_empty(B, H), x_cand.new_empty(B, H), x_cand.new_empty(B, H)
+    h_new = h if full else x_cand.new_empty(B, H)
+    g_r, g_u, g_np, c_np = g[:, :H], g[:, H:], g.numpy(), c.numpy()
+    for t in range(steps):
+        torch.addmm(xg[t], h, wg_t, out=g)
+        np.tanh(g_np, out=g_np)
+        torch.addcmul(h, g_r, h, out=rh)
+        torch.addmm(xc[t], rh, wc_t, out=c)
+        np.tanh(c_np, out=c_np)
+        torch.addcmul(kh[t], g_u, kh[t], out=ue)
+        if paper:
+            torch.lerp(h, c, ue, out=h_new)
+        else:
+            torch.lerp(c, h, ue, out=h_new)
+        if valid is not None:
+            torch.where(valid[t], h_new, h, out=h)
+    return h
+
+
+def _augru_infer_reference(x_gates: Tensor, x_cand: Tensor, attention: Tensor, mask: Tensor, w_gates: Tensor,
+                           w_cand: Tensor, paper: bool) -> Tensor:
+    """`_AUGRUScan.forward` without what its backward needs, one `_augru_step` a step (any device and dtype;
+    the reference of `_augru_infer_cpu`): the loop stops at the longest row, and when every row has that
+    length (one user's candidates) the per-step masking is skipped."""
     B, L, H = x_cand.shape
     keep = (attention if paper else 1.0 - attention).unsqueeze(-1)  # [B, L, 1]
     lengths = mask.sum(1)
@@ -170,6 +241,19 @@ def _augru_step(h: Tensor, xg: Tensor, xc: Tensor, keep: Tensor, valid: Tensor |
     ue = g[:, H:] * keep
     h_new = torch.lerp(h, c, ue) if paper else torch.lerp(c, h, ue)
     return h_new if valid is None else torch.where(valid, h_new, h)
+
+
+def _augru_step_export(h: Tensor, xg: Tensor, xc: Tensor, keep: Tensor, valid: Tensor, wg_t: Tensor, wc_t: Tensor,
+                       paper: bool) -> Tensor:
+    """`_augru_step` in few ONNX nodes, the body of the exported Scan (each node runs once per step): the gates
+    split by one Split instead of two slices, the interpolation written out (torch.lerp becomes Less / Where
+    / two branches in ONNX). Shapes as `_augru_step`, valid [B, 1] bool."""
+    H = h.shape[1]
+    r, u = torch.sigmoid(torch.addmm(xg, h, wg_t)).split([H, H], dim=-1)
+    c = torch.tanh(torch.addmm(xc, r * h, wc_t))
+    ue = u * keep
+    h_new = h + ue * (c - h) if paper else c + ue * (h - c)
+    return torch.where(valid, h_new, h)
 
 
 @functools.cache
@@ -204,7 +288,7 @@ def _augru_scan_export(x_gates: Tensor, x_cand: Tensor, attention: Tensor, mask:
     wg_t, wc_t = w_gates.t(), w_cand.t()
 
     def step(h: Tensor, xs: tuple[Tensor, Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-        h = _augru_step(h, *xs, wg_t, wc_t, paper)
+        h = _augru_step_export(h, *xs, wg_t, wc_t, paper)
         return h, h.new_zeros(())  # scan needs a per-step output; a scalar costs nothing
 
     xs = tuple(t.transpose(0, 1) for t in (x_gates, x_cand, keep, mask.unsqueeze(-1)))  # [L, B, ...]

@@ -217,6 +217,8 @@ def _example(module: ExportModule, schema: Schema, batch: int, base: int, seed: 
 
 def export_onnx(module: ExportModule, schema: Schema, path: Path, opset: int = ONNX_OPSET) -> None:
     """Write `module` as ONNX (torch.export based exporter), batch and every group length dynamic."""
+    from canctr.layers.sequence import onnx_translations
+
     spec = schema.spec
     specs = input_specs(spec, module.shared)
     args = _example(module, schema, EXAMPLE_BATCH, 7)
@@ -232,7 +234,7 @@ def export_onnx(module: ExportModule, schema: Schema, path: Path, opset: int = O
             warnings.simplefilter("ignore")
             torch.onnx.export(module, args, str(path), dynamo=True, dynamic_shapes=(dynamic,),
                               input_names=[s.name for s in specs], output_names=list(OUTPUTS), opset_version=opset,
-                              external_data=False, verbose=False)
+                              external_data=False, verbose=False, custom_translation_table=onnx_translations())
     finally:
         quiet.setLevel(level)
 

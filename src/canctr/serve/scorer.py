@@ -268,7 +268,8 @@ class Scorer:
                         raise RequestError(f"sequence fields {raw_len[f.group][0]!r} and {name!r} (group "
                                            f"{f.group!r}) must have equal lengths")
                     raw_len.setdefault(f.group, (name, n))
-                    flat, lens = self.mapper.map_sequence(name, _id_lists(vals))
+                    known = self.mapper.known_sequence(name, vals)  # every id known: no pyarrow
+                    flat, lens = known if known is not None else self.mapper.map_sequence(name, _id_lists(vals))
                     unknown[name] = np.bincount(np.repeat(owner, lens), flat == 0, minlength=U)
                     if shared and not keep:  # each user's ids repeated on its K rows: gather by index
                         starts = np.cumsum(lens) - lens
