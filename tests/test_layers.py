@@ -370,31 +370,6 @@ def _pad_garbage(x: torch.Tensor, mask: torch.Tensor, extra: int) -> tuple[torch
     return x2, torch.cat([mask, torch.zeros(mask.shape[0], extra, dtype=torch.bool)], dim=1)
 
 
-@pytest.mark.parametrize("norm", ["affine", "none"])
-def test_auxiliary_loss_shared_half_equals_the_reference(norm):
-    """The auxiliary network with the state's half of its first layer computed once (`_logits`) equals the
-    network run on [h, e] twice (`reference_logits`, the official code), logits and every gradient, float64."""
-    torch.manual_seed(3)
-    aux = AuxiliaryLoss(5, 4, hidden=(6, 3), norm=norm).double()
-    with torch.no_grad():
-        for p_ in aux.parameters():
-            p_.add_(0.2 * torch.randn_like(p_))
-    h = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
-    pos = torch.randn(7, 4, dtype=torch.float64, requires_grad=True)
-    neg = torch.randn(7, 4, dtype=torch.float64, requires_grad=True)
-    got = []
-    for fn in (aux._logits, aux.reference_logits):
-        aux.zero_grad()
-        for t in (h, pos, neg):
-            t.grad = None
-        a, b = fn(h, pos, neg)
-        (a.sin().sum() + (2 * b).cos().sum()).backward()
-        got.append([a.detach(), b.detach(), h.grad.clone(), pos.grad.clone(), neg.grad.clone(),
-                    *[p_.grad.clone() for p_ in aux.parameters()]])
-    for x, y in zip(*got, strict=True):
-        torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)
-
-
 def test_interest_extractor_ignores_padding():
     torch.manual_seed(0)
     gru = InterestExtractor(4, 6)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from canctr.layers.inference import tanh_
-from canctr.layers.mlp import MLP, Affine, BatchNorm, Norm
+from canctr.layers.mlp import MLP, Norm
 
 
 class InterestExtractor(nn.Module):
@@ -388,31 +388,7 @@ class AuxiliaryLoss(nn.Module):
         """states [B, L, H], clicked / negative [B, L, D], mask [B, L] bool -> scalar."""
         pairs = mask[:, 1:]  # (t, t+1) both valid, since histories are left-aligned
         h = states[:, :-1][pairs]  # [N, H]
-        pos, neg = clicked[:, 1:][pairs], negative[:, 1:][pairs]  # [N, D]
-        if any(isinstance(m, BatchNorm) for m in self.net.modules()):  # batch statistics: one call per input
-            pos_logit, neg_logit = self.reference_logits(h, pos, neg)
-        else:
-            pos_logit, neg_logit = self._logits(h, pos, neg)
+        pos_logit = self.net(torch.cat([h, clicked[:, 1:][pairs]], dim=-1)).squeeze(-1)  # [N]
+        neg_logit = self.net(torch.cat([h, negative[:, 1:][pairs]], dim=-1)).squeeze(-1)
         loss = F.softplus(-pos_logit) + F.softplus(neg_logit)  # -log sigmoid(pos) - log(1 - sigmoid(neg))
         return loss.sum() / pairs.sum().clamp(min=1)
-
-    def reference_logits(self, h: Tensor, pos: Tensor, neg: Tensor) -> tuple[Tensor, Tensor]:
-        """The network on [h, e] for the clicked and for the negative e, as the official code: h [N, H],
-        pos / neg [N, D] -> two [N] logits."""
-        return (self.net(torch.cat([h, pos], dim=-1)).squeeze(-1),
-                self.net(torch.cat([h, neg], dim=-1)).squeeze(-1))
-
-    def _logits(self, h: Tensor, pos: Tensor, neg: Tensor) -> tuple[Tensor, Tensor]:
-        """`reference_logits` with the state's half of the first layer computed once for both inputs: the input
-        norm (per-channel affine or none) is folded into the first Linear, W [h, e] + b = W_h h + W_e e + b, and
-        the clicked and negative rows go through the rest of the network as one [2N] batch (no BatchNorm here,
-        so nothing depends on how the rows are batched)."""
-        norm, first = self.net.net[0], self.net.net[1]
-        w, b = first.weight, first.bias
-        if isinstance(norm, Affine):  # W (x * g + c) + b = (W * g) x + (W c + b)
-            w, b = w * norm.weight, torch.addmv(b, w, norm.bias)
-        H = h.shape[-1]
-        a_h = F.linear(h, w[:, :H], b)  # [N, h1], once
-        a_e = F.linear(torch.cat([pos, neg]), w[:, H:]).view(2, *a_h.shape)  # [2, N, h1]
-        logits = self.net.net[2:](a_e + a_h).squeeze(-1)  # [2, N]
-        return logits[0], logits[1]
