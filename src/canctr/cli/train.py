@@ -41,10 +41,22 @@ def cmd_train(args: argparse.Namespace) -> int:
             model_config=parse_overrides(args.set),
             checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
             eval_every=args.eval_every, progress=not args.no_progress,
+            shard_tables=args.shard_tables or "", table_optimizer=args.table_optimizer or "", table_lr=args.table_lr,
+            shard_init=args.shard_init,
         )
     except ValueError as e:  # name the command-line option, not the dataclass field
         raise ValueError(re.sub(r"TrainConfig\.(\w+)", lambda m: "--" + m[1].replace("_", "-"), str(e))) from None
     wants_launch = args.nproc is not None or any(getattr(args, o) is not None for o in LAUNCH_OPTIONS)
+    if cfg.shard_tables:
+        from canctr.train.sharded import require_torchrec
+
+        if not launched() and (args.nproc or 0) * (args.nnodes or 1) < 2:
+            raise ValueError("--shard-tables shards the tables over the ranks of a data-parallel job: add --nproc N "
+                             "(N >= 2), or run it under torchrun")
+        if args.resume or args.max_restarts:
+            raise ValueError("--shard-tables runs cannot resume (--resume, --max-restarts): the fused table "
+                             "optimizer's state is not checkpointed")
+        require_torchrec()
     if wants_launch and not launched():  # under torchrun already, the launcher options are torchrun's: ignored
         return launch(args, getattr(args, "argv", None) or sys.argv[1:])
     m = fit(cfg, resume=args.resume)
@@ -90,6 +102,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-every", type=int, default=0, help="steps between extra evaluations (curves)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest checkpoint in RUN_DIR that verifies, if there is one")
+    g = p.add_argument_group("sharded embedding tables (torchrec; see docs/distributed.md)")
+    g.add_argument("--shard-tables", choices=("row", "table"), default=None,
+                   help="shard the embedding tables over the ranks (row-wise or table-wise) with torchrec, the "
+                        "dense part data-parallel; needs --nproc N >= 2 and `pip install 'canctr[sharded]'`")
+    g.add_argument("--table-optimizer", choices=("adagrad", "sgd"), default=None,
+                   help="the embedding tables' optimizer (sparse row updates), the rest keeps --optimizer; "
+                        "sharded tables: fbgemm's fused one, default adagrad")
+    g.add_argument("--table-lr", type=float, default=0.0, help="the table optimizer's learning rate (0: --lr)")
+    g.add_argument("--shard-init", choices=("blocks", "copy"), default="blocks",
+                   help="the sharded tables' first rows: blocks (drawn shard by shard; no rank holds a whole table) "
+                        "or copy (the plain run's initial weights; every rank builds the whole tables once)")
     add_no_progress_argument(p)
     add_threads_argument(p)
     add_launch_arguments(p)

@@ -132,11 +132,14 @@ class Dist:
         return torch.cat([p[:s] for p, s in zip(parts, sizes_, strict=True)])
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, loader: BatchLoader) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, loader: BatchLoader, lockstep: bool = False) -> dict[str, float]:
         """Metrics over the whole (unsharded, unshuffled) `loader` split, computed once from every rank's part.
 
         The split's batches [0, bs), [bs, 2bs), ... are dealt to the ranks in contiguous blocks, so each batch
         (and its padded width) is the 1-process one and the gathered predictions are in the split's order.
+        `lockstep`: every rank runs as many forward passes as the rank with the most batches (a model whose
+        forward is itself a collective, sharded tables); a rank with fewer scores its first batch again and
+        drops the result.
         """
         model.eval()
         bs = loader.batch_size
@@ -148,6 +151,8 @@ class Dist:
             probs.append(torch.sigmoid(model(batch).logits.float()))
             labels.append(batch.label.float())
             groups.append(batch.group.long())
+        for _ in range(hi - lo, -(-n_batches // self.world_size) if lockstep else 0):
+            model(loader.batch(torch.arange(0, min(loader.n, bs))))
         dev = loader.device
 
         def local(xs: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:

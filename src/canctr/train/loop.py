@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from canctr import __version__
 from canctr.data.batch import Batch, BatchLoader, load_split
 from canctr.data.schema import Schema, SchemaError, atomic_write_text
 from canctr.env import machine_description
+from canctr.layers.embedding import deferred_tables
 from canctr.memory import keep_freed_memory
 from canctr.models import create_model, make_config
 from canctr.models.base import negative_groups
@@ -38,7 +40,8 @@ from canctr.train.checkpoint import (
     save_checkpoint,
 )
 from canctr.train.metrics import ctr_metrics
-from canctr.train.optim import OPTIMIZERS, make_optimizer
+from canctr.train.optim import OPTIMIZERS, PLAIN_TABLE_OPTIMIZERS, make_optimizer
+from canctr.train.sharded import SHARD_INITS, SHARDINGS, TABLE_OPTIMIZERS, ShardedTables
 
 log = logging.getLogger("canctr.train")
 
@@ -69,6 +72,10 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: only at epoch ends)
     keep_checkpoints: int = 2  # the newest + older ones that --resume falls back on if a newer one is damaged
     eval_every: int = 0  # steps between extra evaluations logged to curves (0: only at epoch ends)
+    shard_tables: str = ""  # "row" / "table": embedding tables sharded with torchrec over the ranks (sharded.py)
+    table_optimizer: str = ""  # the tables' own optimizer (sgd, adagrad); "": --optimizer
+    table_lr: float = 0.0  # the table optimizer's learning rate (0: lr)
+    shard_init: str = "blocks"  # sharded tables' first rows: "blocks" (drawn per shard) or "copy" (the plain run's)
     log_every: int = 50
     progress: bool = True
 
@@ -83,6 +90,20 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.lr must be a positive number, got {self.lr}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"TrainConfig.optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.shard_tables and self.shard_tables not in SHARDINGS:
+            raise ValueError(f"TrainConfig.shard_tables must be one of {', '.join(SHARDINGS)}, "
+                             f"got {self.shard_tables!r}")
+        if self.shard_tables and not self.table_optimizer:
+            self.table_optimizer = "adagrad"  # sharded tables train with a fused optimizer; Adam has none on CPU
+        allowed = TABLE_OPTIMIZERS if self.shard_tables else PLAIN_TABLE_OPTIMIZERS
+        if self.table_optimizer and self.table_optimizer not in allowed:
+            raise ValueError(f"TrainConfig.table_optimizer must be one of {', '.join(allowed)}"
+                             f"{' with' if self.shard_tables else ' without'} --shard-tables, got "
+                             f"{self.table_optimizer!r}")
+        if self.shard_init not in SHARD_INITS:
+            raise ValueError(f"TrainConfig.shard_init must be one of {', '.join(SHARD_INITS)}, got {self.shard_init!r}")
+        if not self.table_lr >= 0 or not math.isfinite(self.table_lr):
+            raise ValueError(f"TrainConfig.table_lr must be >= 0 (0: lr), got {self.table_lr}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -200,10 +221,31 @@ def _fit(cfg: TrainConfig, schema: Schema, run_dir: Path, resume: bool,
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     model_cfg = make_config(cfg.model, cfg.model_config)
-    model = create_model(cfg.model, schema, model_cfg).to(device)
-    optimizer = make_optimizer(model, cfg.lr, cfg.optimizer)
+    table_lr = cfg.table_lr or cfg.lr
+    sharded: ShardedTables | None = None
+    if cfg.shard_tables:  # tables built as shapes only, then allocated shard by shard on their ranks
+        if not ddp.enabled:
+            raise ValueError("--shard-tables needs 2 or more ranks (--nproc N or torchrun --nproc-per-node N, "
+                             "N >= 2); this job has 1")
+        if resume:
+            raise ValueError("--shard-tables runs cannot resume: the fused table optimizer's state is not "
+                             "checkpointed (drop --resume / --max-restarts)")
+        # "copy": every rank builds the plain run's model (whole tables, once) and keeps its shards of them
+        with deferred_tables() if cfg.shard_init == "blocks" else nullcontext():
+            model = create_model(cfg.model, schema, model_cfg)
+        sharded = ShardedTables(model, cfg.shard_tables, cfg.table_optimizer, table_lr, cfg.seed)
+        sharded.attach(model)  # a training forward looks each table up once (one fused update per table)
+        model = model.to(device)
+        optimizer = make_optimizer(model, cfg.lr, cfg.optimizer)  # the dense part; the tables' is fused
+        log.info("embedding tables sharded %s-wise over %d ranks (%d parameters, %.1f MB on this rank), "
+                 "trained by fused %s at lr %g", cfg.shard_tables, ddp.world_size, sharded.num_parameters,
+                 sharded.local_bytes() / 2**20, cfg.table_optimizer, table_lr)
+    else:
+        model = create_model(cfg.model, schema, model_cfg).to(device)
+        optimizer = make_optimizer(model, cfg.lr, cfg.optimizer, cfg.table_optimizer, table_lr)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]  # lr, or table_lr for a table optimizer's group
     ckpt_dir = run_dir / "checkpoint"
-    if ddp.is_main:
+    if ddp.is_main and sharded is None:
         check_disk_space(ckpt_dir, model, cfg.keep_checkpoints)  # a full disk fails now, not after an epoch
     train_loader, test_loader = _loaders(cfg, schema, model, device, ddp)
     if len(train_loader) == 0:
@@ -224,28 +266,39 @@ def _fit(cfg: TrainConfig, schema: Schema, run_dir: Path, resume: bool,
     train_model = ddp.wrap(model)  # DDP (or `model` itself): train through it; save and evaluate `model`
 
     def evaluate_all() -> dict[str, float]:  # every rank's test predictions, metrics computed once
-        return ddp.evaluate(model, test_loader) if ddp.enabled else evaluate(model, test_loader)
+        if ddp.enabled:
+            return ddp.evaluate(model, test_loader, lockstep=sharded is not None)
+        return evaluate(model, test_loader)
 
     if ddp.is_main:
         (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2, sort_keys=True) + "\n")
 
-    n_params = count_params(model)
+    n_params = count_params(model) + (sharded.num_parameters if sharded is not None else 0)
     log.info("model %s: %d parameters; %d train / %d test samples; device %s",
              cfg.model, n_params, train_loader.n, test_loader.n, device)
 
     def checkpoint(epoch: int, step: int, finished: bool = False) -> None:
-        if ddp.is_main:  # every rank holds the same weights and optimizer state
-            save_checkpoint(ckpt_dir, model, schema, optimizer=optimizer, train_state={
-                "epoch": epoch, "step": step, "finished": finished, "curves": curves,
-                "train_seconds": train_seconds, "samples_seen": seen,
-            }, step=epoch * len(train_loader) + step, keep=cfg.keep_checkpoints)
+        state = {"epoch": epoch, "step": step, "finished": finished, "curves": curves,
+                 "train_seconds": train_seconds, "samples_seen": seen}
+        if sharded is not None:  # the whole tables on rank 0 as ordinary ones; no optimizer state (no resume)
+            tables = sharded.gather()
+            if ddp.is_main:
+                with sharded.restored(tables):
+                    save_checkpoint(ckpt_dir, model, schema, train_state=state,
+                                    step=epoch * len(train_loader) + step, keep=cfg.keep_checkpoints)
+            del tables
+        elif ddp.is_main:  # every rank holds the same weights and optimizer state
+            save_checkpoint(ckpt_dir, model, schema, optimizer=optimizer, train_state=state,
+                            step=epoch * len(train_loader) + step, keep=cfg.keep_checkpoints)
         ddp.barrier()  # no rank runs ahead of a checkpoint it could be restarted from
 
     final: dict[str, Any] | None = None  # evaluation of the model as trained, set at each epoch end
     eval_seconds = 0.0
     for epoch in range(start_epoch, cfg.epochs):
-        for g in optimizer.param_groups:
-            g["lr"] = cfg.lr * (cfg.lr_decay ** epoch)
+        for g, base in zip(optimizer.param_groups, base_lrs, strict=True):  # the tables' own lr decays too
+            g["lr"] = base * (cfg.lr_decay ** epoch)
+        if sharded is not None:
+            sharded.set_lr(table_lr * (cfg.lr_decay ** epoch))
         n_batches = len(train_loader)
         step0 = start_step if epoch == start_epoch else 0
         bar = _progress(cfg, n_batches, step0, epoch)
@@ -315,6 +368,8 @@ def _fit(cfg: TrainConfig, schema: Schema, run_dir: Path, resume: bool,
         "world_size": ddp.world_size,
         "batch_size_per_rank": train_loader.batch_size,
         "lr": cfg.lr,
+        "shard_tables": cfg.shard_tables,
+        "table_optimizer": cfg.table_optimizer,
         "train_samples": seen,
         "train_seconds": train_seconds,
         "train_samples_per_second": seen / train_seconds if train_seconds > 0 else float("nan"),

@@ -7,10 +7,16 @@
              (torch's SparseAdam, TF's LazyAdam); the dense layers keep fused Adam. The cost of a step no
              longer grows with vocabulary x width: a 5.6M-pair Cartesian table or the 160-wide CAN
              induction tables cost what the batch touches, which is how production CTR systems train.
+
+A table optimizer ("sgd", "adagrad": `table_optimizer`) trains the embedding tables with sparse row gradients
+and torch's SGD / Adagrad at their own learning rate, the dense layers with fused Adam: the plain-path twin
+of the fused optimizers that sharded tables use (train/sharded.py; fbgemm's exact SGD and exact Adagrad
+apply the same update to the rows a batch touched).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -36,7 +42,8 @@ class LazyAdam(torch.optim.Optimizer):
     `--resume` treat it like any other optimizer. Same betas/eps as torch's Adam defaults.
     """
 
-    def __init__(self, model: nn.Module, lr: float) -> None:
+    def __init__(self, model: nn.Module, lr: float,
+                 tables_optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None = None) -> None:
         tables = [m for m in model.modules() if isinstance(m, nn.Embedding)]
         sparse_ids = set()
         for t in tables:
@@ -49,7 +56,7 @@ class LazyAdam(torch.optim.Optimizer):
         if dense:
             self.parts.append(_adam(dense, lr))
         if sparse:
-            self.parts.append(torch.optim.SparseAdam(sparse, lr=lr))
+            self.parts.append(tables_optimizer(sparse) if tables_optimizer else torch.optim.SparseAdam(sparse, lr=lr))
         # the base class only holds the groups; each part owns its state and does its own step
         super().__init__([{"params": dense}, {"params": sparse}] if dense and sparse else params, {"lr": lr})
         self.param_groups = [g for part in self.parts for g in part.param_groups]
@@ -94,7 +101,26 @@ class LazyAdam(torch.optim.Optimizer):
         self.param_groups = [g for part in self.parts for g in part.param_groups]
 
 
-def make_optimizer(model: nn.Module, lr: float, name: OptimizerName = "adam") -> torch.optim.Optimizer:
+PLAIN_TABLE_OPTIMIZERS = ("sgd", "adagrad")
+TABLE_EPS = 1e-8  # Adagrad's epsilon: fbgemm's default, so the sharded tables' Adagrad is the same update
+
+
+def make_optimizer(model: nn.Module, lr: float, name: OptimizerName = "adam", table_optimizer: str = "",
+                   table_lr: float | None = None) -> torch.optim.Optimizer:
+    """`name` for every parameter, or with `table_optimizer` ("sgd" / "adagrad") that one, at `table_lr`
+    (default `lr`), for the embedding tables and Adam for the rest."""
+    if table_optimizer:
+        if name not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}")
+        t_lr = lr if table_lr is None else table_lr
+        factories = {
+            "sgd": lambda ps: torch.optim.SGD(ps, lr=t_lr),
+            "adagrad": lambda ps: torch.optim.Adagrad(ps, lr=t_lr, eps=TABLE_EPS),
+        }
+        if table_optimizer not in factories:
+            raise ValueError(f"--table-optimizer {table_optimizer!r} without --shard-tables: expected one of "
+                             f"{', '.join(PLAIN_TABLE_OPTIMIZERS)}")
+        return LazyAdam(model, lr, factories[table_optimizer])
     if name == "adam":
         return _adam([p for p in model.parameters() if p.requires_grad], lr)
     if name == "lazy_adam":
