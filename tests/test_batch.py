@@ -185,6 +185,41 @@ def test_shuffle_windows_bound_the_order() -> None:
         loader(shuffle_window=0)
 
 
+def test_block_shuffled_windows_read_contiguous_runs() -> None:
+    """shuffle_blocks > 0: each window is that many contiguous blocks (runs of consecutive samples, so data
+    beyond the page cache is read nearly sequentially); the epoch is still a permutation of the split and a
+    function of (seed, epoch), resumable and shardable like the strided windows."""
+    spec = FeatureSpec(
+        fields=[Field("item"), Field("hist_item", kind="sequence", table="item", group="hist")],
+        sequences=[SequenceGroup("hist", 40)],
+    )
+    n = 1003
+    cols = random_columns(spec, {"item": 30}, n, np.random.default_rng(2))
+
+    def loader(**kw) -> BatchLoader:  # noqa: ANN003
+        return BatchLoader(cols, spec, **{"batch_size": 16, "shuffle": True, "seed": 5, "shuffle_window": 100,
+                                          "shuffle_blocks": 4, **kw})
+
+    blocked = loader()
+    pieces = list(blocked._windows(0))
+    assert sum(p.numel() for p in pieces) == n and max(p.numel() for p in pieces) <= 100
+    for piece in pieces:  # whole blocks of 25 consecutive samples, at most 4 of them
+        blocks = sorted(set((piece // 25).tolist()))
+        assert len(blocks) <= 4
+        assert sorted(piece.tolist()) == [i for b in blocks for i in range(b * 25, min(n, b * 25 + 25))]
+    order = blocked.order(0)
+    assert sorted(order.tolist()) == list(range(n))
+    assert torch.equal(order, loader().order(0)) and not torch.equal(order, blocked.order(1))
+    assert not torch.equal(order, loader(shuffle_blocks=0).order(0))
+    batches = list(blocked.iter_epoch(0))
+    resumed = list(blocked.iter_epoch(0, start_step=20))
+    assert [b["item"].tolist() for b in resumed] == [b["item"].tolist() for b in batches[20:]]
+    parts = [loader(rank=r, world_size=2, drop_last=True).order(0).tolist() for r in range(2)]
+    assert parts[0] == order[: n // 2 * 2 : 2].tolist() and not set(parts[0]) & set(parts[1])
+    with pytest.raises(ValueError, match="shuffle_blocks must be in 0..shuffle_window"):
+        loader(shuffle_blocks=101)
+
+
 def test_negatives_drawn_from_the_group_per_seed_epoch_step(cols: Columns) -> None:
     def loader(seed: int = 1) -> BatchLoader:
         return BatchLoader(cols, SPEC, batch_size=4, shuffle=True, seed=seed, negatives=("hist",))

@@ -38,6 +38,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             data=args.data, model=args.model, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
             eval_batch_size=args.eval_batch_size, lr=args.lr, optimizer=args.optimizer, seed=args.seed,
             device=args.device, max_len=args.max_len, eval_max_len=args.eval_max_len, bucket=args.bucket,
+            shuffle_blocks=args.shuffle_blocks,
             model_config=parse_overrides(args.set),
             checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
             eval_every=args.eval_every, progress=not args.no_progress,
@@ -95,6 +96,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-max-len", type=int, default=0, help="evaluation cut-off; 0 = all stored (official code)")
     p.add_argument("--bucket", type=int, default=20,
                    help="sort windows of BUCKET batches by history length (official iterator); 0 = off")
+    p.add_argument("--shuffle-blocks", type=int, default=0, metavar="B",
+                   help="data larger than memory: build each shuffle window (1M samples) from B contiguous blocks "
+                        "in a seeded order, so reads stay nearly sequential; 0 = windows strided over the split")
     add_set_argument(p, "model config override (JSON value), e.g. --set coaction.orders=2")
     p.add_argument("--checkpoint-every", type=int, default=0, help="steps between mid-epoch checkpoints")
     p.add_argument("--keep-checkpoints", type=int, default=2, metavar="K",

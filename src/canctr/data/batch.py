@@ -140,6 +140,11 @@ class BatchLoader:
             shuffle_window) windows by sample index modulo K (each window spans the whole split); an epoch
             visits the windows in a seeded order, each permuted (and bucketed) on its own, so the order's
             memory stays bounded however large the data.
+        shuffle_blocks: 0 keeps those strided windows (every window reads the whole split: random reads, fine
+            while the split is in the page cache). B > 0 builds each window instead from B contiguous blocks of
+            shuffle_window / B samples: the blocks are dealt in a seeded order (a function of seed and epoch),
+            B at a time, and each window is permuted on its own, so a window reads B runs of consecutive
+            samples and data larger than memory is read nearly sequentially.
         negatives: sequence groups for which to draw one negative per valid position (DIEN's auxiliary
             loss): a uniformly drawn position of the same split's group, i.e. by popularity, with every field
             of that position (an item comes with its own category); drawn again once where it equals the
@@ -162,11 +167,14 @@ class BatchLoader:
         bucket: int = 0,
         negatives: tuple[str, ...] = (),
         shuffle_window: int = 1 << 20,
+        shuffle_blocks: int = 0,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if shuffle_window < 1:
             raise ValueError(f"shuffle_window must be >= 1, got {shuffle_window}")
+        if not 0 <= shuffle_blocks <= shuffle_window:
+            raise ValueError(f"shuffle_blocks must be in 0..shuffle_window ({shuffle_window}), got {shuffle_blocks}")
         if max_len is not None and max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {max_len}")
         self.spec = spec
@@ -178,6 +186,7 @@ class BatchLoader:
         self.rank, self.world_size = rank, world_size
         self.bucket = bucket
         self.shuffle_window = shuffle_window
+        self.shuffle_blocks = shuffle_blocks
         self.max_len = max_len
         dev = self.device
         self.n = cols.n
@@ -226,9 +235,23 @@ class BatchLoader:
         if k <= 1:  # the split fits one window: one permutation of it
             yield self._shuffled(torch.arange(self.n), g)
             return
+        if self.shuffle_blocks:
+            yield from self._block_windows(epoch, g)
+            return
         for w in torch.randperm(k, generator=g).tolist():
             gw = torch.Generator().manual_seed(((self.seed * 1_000_003 + epoch) * 1_000_033 + w) * 64 + 63)
             yield self._shuffled(torch.arange(w, self.n, k), gw)  # samples w, w + k, w + 2k, ...
+
+    def _block_windows(self, epoch: int, g: torch.Generator) -> Iterator[Tensor]:
+        """`shuffle_blocks` > 0: windows of that many contiguous blocks of shuffle_window / shuffle_blocks samples,
+        the blocks taken in one seeded permutation; each window permuted (and bucketed) on its own."""
+        size = max(1, self.shuffle_window // self.shuffle_blocks)
+        blocks = torch.randperm(-(-self.n // size), generator=g)
+        for w, start in enumerate(range(0, blocks.numel(), self.shuffle_blocks)):
+            members = torch.cat([torch.arange(b * size, min(self.n, (b + 1) * size))
+                                 for b in blocks[start : start + self.shuffle_blocks].tolist()])
+            gw = torch.Generator().manual_seed(((self.seed * 1_000_003 + epoch) * 1_000_033 + w) * 64 + 62)
+            yield self._shuffled(members, gw)
 
     def _shuffled(self, members: Tensor, g: torch.Generator) -> Tensor:
         idx = members[torch.randperm(members.numel(), generator=g)]

@@ -67,6 +67,7 @@ class TrainConfig:
     device: str = "auto"
     max_len: int = 100  # training history cut-off (most recent); evaluation uses `eval_max_len`
     bucket: int = 20  # sort windows of bucket x batch_size samples by history length (official iterator)
+    shuffle_blocks: int = 0  # > 0: each shuffle window is that many contiguous blocks (data beyond the page cache)
     eval_max_len: int = 0  # 0: every stored position (the official code evaluates untruncated)
     model_config: dict[str, Any] = field(default_factory=dict)  # strict overrides of the model config
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: only at epoch ends)
@@ -83,7 +84,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size", "log_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_len", "bucket", "eval_max_len", "checkpoint_every", "eval_every"):
+        for name in ("max_len", "bucket", "eval_max_len", "checkpoint_every", "eval_every", "shuffle_blocks"):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
         if not self.lr > 0 or not math.isfinite(self.lr):
@@ -172,7 +173,7 @@ def _loaders(cfg: TrainConfig, schema: Schema, model: nn.Module, device: torch.d
     train = BatchLoader(
         load_split(cfg.data, "train", spec), spec, batch_size=ddp.per_rank_batch(cfg.batch_size), shuffle=True,
         seed=cfg.seed, device=device, max_len=cfg.max_len or None, bucket=cfg.bucket,
-        negatives=negative_groups(model), rank=ddp.rank, world_size=ddp.world_size,
+        negatives=negative_groups(model), rank=ddp.rank, world_size=ddp.world_size, shuffle_blocks=cfg.shuffle_blocks,
     )
     test = BatchLoader(
         load_split(cfg.data, "test", spec), spec, batch_size=cfg.eval_batch_size, shuffle=False,
