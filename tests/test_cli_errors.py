@@ -178,3 +178,26 @@ def test_truncated_test_split_at_evaluate(data_dir: Path, run_dir: Path, tmp_pat
     line = one_line_error(capsys, main(["evaluate", "--run", str(run_dir), "--data", str(data), "--device", "cpu"]),
                           "evaluate")
     assert line.startswith(f"canctr evaluate: error: {path}: corrupt or truncated .npy file")
+
+
+def test_prepare_random_writes_a_readable_set_and_names_bad_options(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """`canctr prepare random`: N random samples of a spec, readable by the loader with the vocab sizes asked for;
+    impossible options are one-line errors naming the option."""
+    from canctr.data.batch import load_split
+    from canctr.data.schema import Schema
+
+    spec = Path(__file__).resolve().parents[1] / "examples" / "specs" / "clicks.toml"
+    out = tmp_path / "rnd"
+    assert main(["prepare", "random", "--spec", str(spec), "--train", "5000", "--test", "700", "--vocab",
+                 "item=321", "--out", str(out)]) == 0
+    schema = Schema.load(out)
+    assert schema.splits == {"train": 5000, "test": 700} and schema.vocab["item"] == 321
+    train = load_split(out, "train", schema.spec)
+    assert train.n == 5000 and 0 < int(train.ids["item"].max()) < 321
+    capsys.readouterr()
+    line = one_line_error(capsys, main(["prepare", "random", "--spec", str(spec), "--train", "0", "--out",
+                                        str(out)]), "prepare random")
+    assert "--train" in line
+    line = one_line_error(capsys, main(["prepare", "random", "--spec", str(spec), "--train", "5", "--vocab",
+                                        "nope=3", "--out", str(out)]), "prepare random")
+    assert "--vocab 'nope=3'" in line

@@ -150,6 +150,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_leaf(_synthetic))
 
     _register_table(formats)
+    _register_random(formats)
 
 
 def _taobao(a: argparse.Namespace) -> Schema:
@@ -227,6 +228,52 @@ def _leaf(run: Callable[[argparse.Namespace], Schema]) -> Callable[[argparse.Nam
 
 
 # -------------------------------------------------------------------------------------------- prepare table
+
+
+def _register_random(formats: argparse._SubParsersAction) -> None:
+    """`canctr prepare random`: random samples of any feature spec at any scale (canctr.data.random_data)."""
+    p = formats.add_parser(
+        "random",
+        help="random samples of a feature spec, any number (scale and speed tests)",
+        description="Write N random training and M test samples of a feature spec to the ragged store, chunk by "
+        "chunk (memory does not grow with N), with a progress bar: Zipf-like ids per table, uniform "
+        "sequence lengths up to each group's max_len, labels from a small known rule. For benchmarks and "
+        "scale tests (e.g. a set larger than memory), not for model quality.",
+    )
+    p.add_argument("--spec", required=True, help="feature spec file (.toml or .json)")
+    p.add_argument("--train", type=int, required=True, help="training samples")
+    p.add_argument("--test", type=int, default=100_000, help="test samples (default 100000)")
+    p.add_argument("--vocab", nargs="*", default=[], metavar="TABLE=ROWS",
+                   help="rows per embedding table, e.g. item=1000000 (default 1000 each)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=_random)
+
+
+def _random(args: argparse.Namespace) -> int:
+    from canctr.data.random_data import write_random_dataset
+    from canctr.data.spec import FeatureSpec
+
+    try:
+        spec = FeatureSpec.load(args.spec)
+        vocab = {}
+        for item in args.vocab:
+            table, _, rows = item.partition("=")
+            if table not in spec.tables() or not rows.isdigit() or int(rows) < 2:
+                raise ValueError(f"--vocab {item!r}: expected TABLE=ROWS with TABLE one of {sorted(spec.tables())} "
+                                 "and ROWS >= 2")
+            vocab[table] = int(rows)
+        if args.train < 1 or args.test < 1:
+            raise ValueError(f"--train and --test must be >= 1, got {args.train} and {args.test}")
+        start = time.perf_counter()
+        schema = write_random_dataset(spec, args.out, n_train=args.train, n_test=args.test, vocab=vocab,
+                                      seed=args.seed, progress=True)
+    except (FileNotFoundError, ValueError) as e:  # SpecError is a ValueError
+        print(f"canctr prepare random: error: {e}", file=sys.stderr)
+        return 2
+    print(f"random:{args.train}  train {schema.splits['train']:,} + test {schema.splits['test']:,} samples in "
+          f"{time.perf_counter() - start:.1f}s; vocab {schema.vocab}\n  wrote {args.out}")
+    return 0
 
 
 def _register_table(formats: argparse._SubParsersAction) -> None:
