@@ -38,7 +38,7 @@ from canctr.bench import matmul_peak_gflops, training_batches
 from canctr.data.schema import Schema
 from canctr.env import machine_description
 from canctr.models import create_model
-from canctr.train.loop import ctr_loss, train_step
+from canctr.train.loop import batch_loss, train_step
 from canctr.train.optim import make_optimizer
 
 KINDS = {  # operator -> kind; anything else is "other"
@@ -91,13 +91,6 @@ def forward_parts(model: torch.nn.Module) -> tuple[dict[str, float], list]:
     return seconds, handles
 
 
-def step_loss(model: torch.nn.Module, batch) -> torch.Tensor:  # noqa: ANN001
-    """The loss `train_step` minimises (the click loss plus the model's auxiliary losses)."""
-    out = model(batch)
-    ctr = ctr_loss(out.logits, batch.label)
-    return ctr + sum(out.aux_losses.values()) if out.aux_losses else ctr
-
-
 def cell(data: str, name: str, batch_size: int, steps: int, max_len: int) -> dict:
     schema = Schema.load(data)
     batches = training_batches(data, batch_size, steps + 10, negatives=("hist",), max_len=max_len)
@@ -120,7 +113,7 @@ def cell(data: str, name: str, batch_size: int, steps: int, max_len: int) -> dic
         model.train()
         opt.zero_grad(set_to_none=True)
         t0 = time.perf_counter()
-        loss = step_loss(model, b)
+        loss = batch_loss(model, b)[0]
         t1 = time.perf_counter()
         loss.backward()
         t2 = time.perf_counter()
@@ -148,7 +141,7 @@ def cell(data: str, name: str, batch_size: int, steps: int, max_len: int) -> dic
     for b in batches[10:]:
         with FlopCounterMode(display=False) as fc:
             opt.zero_grad(set_to_none=True)
-            step_loss(model, b).backward()
+            batch_loss(model, b)[0].backward()
         flops.append(fc.get_total_flops())
     widths = [b.mask("hist").shape[1] if "hist" in b.lengths else 0 for b in batches[10:]]  # padded widths
     return {"data": schema.dataset, "data_dir": data, "model": name, "batch_size": batch_size,

@@ -13,7 +13,6 @@ Every subprocess has a timeout, so a hang fails the test instead of CI.
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import re
@@ -30,8 +29,6 @@ import torch
 from safetensors.torch import load_file
 
 import canctr
-from canctr.data.formats.sequences import prepare_sequences
-from canctr.data.samples import PrepareOptions
 from canctr.train.loop import TrainConfig, fit
 
 N_USERS = 3000  # the first Beauty users: 5,456 train / 544 test samples
@@ -45,14 +42,8 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="to
 
 
 @pytest.fixture(scope="module")
-def beauty(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    src = shared_data / "amazon_beauty"
-    d = tmp_path_factory.mktemp("beauty_ddp")
-    with gzip.open(src / "Beauty.txt.gz", "rt") as f:
-        (d / "Beauty.txt").write_text("".join(next(f) for _ in range(N_USERS)))
-    prepare_sequences(d / "Beauty.txt", src / "Beauty_item2attributes.json.gz", d / "prepared",
-                      PrepareOptions(max_len=20))
-    return d / "prepared"
+def beauty(beauty_3000: Path) -> Path:
+    return beauty_3000  # conftest.py: the first N_USERS Beauty users, prepared once for the session
 
 
 def _env(tmp: Path | None = None, **extra: str) -> dict[str, str]:

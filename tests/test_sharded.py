@@ -22,7 +22,6 @@ Every subprocess has a timeout, so a hang fails the test instead of CI.
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import signal
@@ -35,8 +34,6 @@ import torch
 
 import canctr
 from canctr.cli import main
-from canctr.data.formats.sequences import prepare_sequences
-from canctr.data.samples import PrepareOptions
 from canctr.train.loop import evaluate_run
 
 try:
@@ -62,14 +59,8 @@ needs_torchrec = pytest.mark.skipif(not HAVE_TORCHREC, reason=WHY or "torchrec a
 
 
 @pytest.fixture(scope="module")
-def beauty(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    src = shared_data / "amazon_beauty"
-    d = tmp_path_factory.mktemp("beauty_sharded")
-    with gzip.open(src / "Beauty.txt.gz", "rt") as f:
-        (d / "Beauty.txt").write_text("".join(next(f) for _ in range(N_USERS)))
-    prepare_sequences(d / "Beauty.txt", src / "Beauty_item2attributes.json.gz", d / "prepared",
-                      PrepareOptions(max_len=20))
-    return d / "prepared"
+def beauty(beauty_3000: Path) -> Path:
+    return beauty_3000  # conftest.py: the first N_USERS Beauty users, prepared once for the session
 
 
 def _train(data: Path, out: Path, model: str, *extra: str) -> dict:

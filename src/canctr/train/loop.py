@@ -120,17 +120,22 @@ def ctr_loss(output_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(output_logits, labels)
 
 
+def batch_loss(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """The training objective of one batch: (click loss + the model's auxiliary losses, click loss, aux losses)."""
+    out = model(batch)
+    ctr = ctr_loss(out.logits, batch.label)
+    return (ctr + sum(out.aux_losses.values()) if out.aux_losses else ctr), ctr, out.aux_losses
+
+
 def train_step(model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
     """One optimizer step. Returns detached loss terms (tensors: no host sync here)."""
     model.train()
-    out = model(batch)
-    ctr = ctr_loss(out.logits, batch.label)
-    loss = ctr + sum(out.aux_losses.values()) if out.aux_losses else ctr
+    loss, ctr, aux = batch_loss(model, batch)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     terms = {"loss": loss.detach(), "ctr_loss": ctr.detach()}
-    terms.update({k: v.detach() for k, v in out.aux_losses.items()})
+    terms.update({k: v.detach() for k, v in aux.items()})
     return terms
 
 
