@@ -19,6 +19,8 @@ as `--resume`: every rank loads the same last checkpoint. See docs/distributed.m
 from __future__ import annotations
 
 import os
+import time
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -31,6 +33,19 @@ from canctr.train.metrics import ctr_metrics
 
 TIMEOUT_ENV = "CANCTR_DIST_TIMEOUT_S"  # seconds a collective may wait for the other ranks (default 600)
 _TORCHRUN_ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK")
+
+# The tensors of this process's most recent collectives, kept referenced from Python until the interpreter
+# exits. A gloo worker thread drops its reference to a finished collective a moment after the caller's wait()
+# returns, and a barrier keeps the collectives still in progress when it was queued. If Python no longer
+# references such a tensor, that drop is the last one and must take the GIL to free the Python object; at
+# interpreter exit the thread cannot, and the process aborts ("terminate called without an active exception",
+# SIGABRT, seen in about 1 in 17 two-process runs when exit followed the last barrier within milliseconds).
+# With Python holding the tensors the worker's drop only decrements a count, and the main thread frees them.
+_HELD: deque[tuple[torch.Tensor, ...]] = deque(maxlen=32)  # a collective this many calls old ended long ago
+
+
+def _held(*tensors: torch.Tensor) -> None:
+    _HELD.append(tensors)
 
 
 def launched() -> bool:
@@ -99,6 +114,7 @@ class Dist:
             return x
         x = x.detach().clone()
         dist.all_reduce(x, op=dist.ReduceOp.SUM)
+        _held(x)
         return x / self.world_size
 
     def barrier(self) -> None:
@@ -112,6 +128,7 @@ class Dist:
         mine = torch.tensor(values, dtype=torch.long, device=self.device)
         every = [torch.zeros_like(mine) for _ in range(self.world_size)]
         dist.all_gather(every, mine)
+        _held(mine, *every)
         rows = [t.tolist() for t in every]
         if any(r != rows[0] for r in rows):
             raise RuntimeError(f"ranks disagree on {what}: {rows} (rank order); every rank must see the same "
@@ -124,11 +141,13 @@ class Dist:
         n = torch.tensor([x.shape[0]], dtype=torch.long, device=x.device)
         sizes = [torch.zeros_like(n) for _ in range(self.world_size)]
         dist.all_gather(sizes, n)
+        _held(n, *sizes)
         sizes_ = [int(s) for s in sizes]
         padded = torch.zeros((max(sizes_), *x.shape[1:]), dtype=x.dtype, device=x.device)
         padded[: x.shape[0]] = x
         parts = [torch.empty_like(padded) for _ in range(self.world_size)]
         dist.all_gather(parts, padded)
+        _held(padded, *parts)
         return torch.cat([p[:s] for p, s in zip(parts, sizes_, strict=True)])
 
     @torch.no_grad()
@@ -167,6 +186,9 @@ class Dist:
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()
             self.owns_group = False
+            # release the GIL for a moment: a gloo worker thread still finishing a collective whose objects
+            # need it (one of torchrec's, say; ours are held above) does so while the interpreter is alive
+            time.sleep(0.05)
 
 
 def rank_device(name: str, local_rank: int, local_world_size: int) -> torch.device:
