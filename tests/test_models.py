@@ -353,7 +353,7 @@ def test_dien_aux_loss_weight():
     "name,overrides",
     [("pnn", {"product": "outer"}), ("onn", {"product": "inner"}), ("dcn-v2", {"structure": "parallel", "rank": 8}),
      ("dien", {"hidden_norm": "batchnorm"}), ("can-dnn", {"hidden_norm": "batchnorm"}),
-     ("din", {"hist_pool": "mean"}), ("dien", {"hist_pool": "mean"}), ("can-dien", {"hist_pool": "mean"})],
+     ("din", {"hist_pool": "sum"}), ("dien", {"hist_pool": "sum"}), ("can-dien", {"hist_pool": "sum"})],
 )
 def test_zoo_options_train_cleanly(name, overrides):
     check_every_parameter_gets_a_gradient(build(name, overrides=overrides))
@@ -364,7 +364,8 @@ def test_zoo_options_train_cleanly(name, overrides):
 def test_hist_pool_mean_divides_the_mlp_history_by_its_length(name):
     """hist_pool only rescales the pooled history in the MLP input: the same parameters, the same input on
     histories of length 0 or 1, and (pooled keys, target x pooled keys) / length on longer ones."""
-    summed, mean = build(name), build(name, overrides={"hist_pool": "mean"})
+    summed, mean = build(name, overrides={"hist_pool": "sum"}), build(name)
+    assert make_config(name).hist_pool == "mean"  # the default
     mean.load_state_dict(summed.state_dict())
     batch = make_batch()
     inputs = {}

@@ -65,7 +65,7 @@ def test_user_side_of_the_public_layout(schema_batch: tuple[Schema, Batch]) -> N
 @pytest.mark.parametrize(
     "name,overrides",
     [(e.name, {}) for e in sorted(list_models(), key=lambda e: e.name)]
-    + [(name, {"hist_pool": "mean"}) for name in ("din", "dien", "can-dien")],
+    + [(name, {"hist_pool": "sum"}) for name in ("din", "dien", "can-dien")],
 )
 def test_shared_batch_scores_as_its_expansion(name: str, overrides: dict, schema_batch: tuple[Schema, Batch]) -> None:
     schema, batch = schema_batch

@@ -121,6 +121,19 @@ def test_fit_writes_metrics_and_evaluate_reproduces(data_dir, tmp_path):
     assert (tmp_path / "run" / "train.log").read_text().count("final: auc") == 1
 
 
+def test_eval_at_samples_adds_learning_curve_points_without_changing_training(data_dir, tmp_path):
+    """512 samples an epoch, batch 64: 100, 300 and 700 samples are first reached after 128, 320 and 704 (the
+    third step of epoch 2); 5,000 never is. The evaluations leave the trained weights as they were."""
+    plain = fit(_cfg(data_dir, tmp_path / "plain", model="din", epochs=2))
+    m = fit(_cfg(data_dir, tmp_path / "curve", model="din", epochs=2, eval_at_samples=(700, 100, 300, 5000)))
+    points = [(c["samples"], c["epoch"], c["step"]) for c in m["curves"] if "eval_auc" in c]
+    assert points == [(128, 0, 2), (320, 0, 5), (512, 0, 8), (704, 1, 3), (1024, 1, 8)]
+    assert all({"eval_gauc", "eval_logloss"} <= c.keys() for c in m["curves"] if "eval_auc" in c)
+    assert (m["auc"], m["logloss"]) == (plain["auc"], plain["logloss"])
+    with pytest.raises(ValueError, match="eval_at_samples"):
+        _cfg(data_dir, tmp_path / "bad", eval_at_samples=(0, 100))
+
+
 def test_training_is_deterministic_on_cpu(data_dir, tmp_path):
     a = fit(_cfg(data_dir, tmp_path / "a", model="can-dnn"))
     b = fit(_cfg(data_dir, tmp_path / "b", model="can-dnn"))

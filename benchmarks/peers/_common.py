@@ -6,6 +6,10 @@ Timing is taken the same way in every library, without touching its training loo
 step post-hook (torch.optim.optimizer.register_optimizer_step_post_hook) stamps the end of every training
 step. Steady throughput = samples in steps W+1..n / (stamp[n] - stamp[W]), W = --warmup-batches; each of
 those steps includes fetching its batch (the library's own loader), forward, backward and the update.
+
+`--eval-at-samples N ...` adds a learning curve: the peers' workers score the test split from the same hook
+(`LearningCurve`) once the step that crosses N training samples has ended, and the clock leaves that time
+out; canctr's worker asks `fit` for the same points (TrainConfig.eval_at_samples).
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ def parse_args(description: str, *, canctr: bool = False) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, required=True)
     ap.add_argument("--warmup-batches", type=int, default=5)
     ap.add_argument("--seed", type=int, default=3)
+    ap.add_argument("--eval-at-samples", type=int, nargs="*", default=[], metavar="N",
+                    help="also score the test split once N training samples have been seen (a learning curve)")
     return ap.parse_args()
 
 
@@ -94,7 +100,11 @@ class StepClock:
 
     def __init__(self) -> None:
         self.stamps: list[float] = []
-        self._handle = register_optimizer_step_post_hook(lambda *_: self.stamps.append(time.perf_counter()))
+        self.paused = 0.0  # seconds spent outside training (a learning-curve evaluation), left out of the stamps
+        self._handle = register_optimizer_step_post_hook(lambda *_: self.stamps.append(self.now()))
+
+    def now(self) -> float:
+        return time.perf_counter() - self.paused
 
     def close(self) -> None:
         self._handle.remove()
@@ -118,6 +128,30 @@ class StepClock:
             "samples_per_second": (n_samples - warmup * batch_size) / steady_seconds,
             "warmup_batches": warmup,
         }
+
+
+class LearningCurve:
+    """Test AUC after the step that brings the samples seen to each of `at` (steps of `batch_size` samples of
+    an epoch of `total`; not after the last step, which ends training, where the worker scores anyway).
+
+    Registered after the StepClock, so the clock has stamped the step; the evaluation's time is added to the
+    clock's pause. `score()` returns the AUC and leaves the model in training mode."""
+
+    def __init__(self, at: list[int], batch_size: int, total: int, clock: StepClock, score) -> None:
+        self.at, self.batch_size, self.total, self.clock, self.score = sorted(set(at)), batch_size, total, clock, score
+        self.steps, self.points = 0, []
+        self._handle = register_optimizer_step_post_hook(lambda *_: self._step())
+
+    def _step(self) -> None:
+        before, self.steps = self.steps * self.batch_size, self.steps + 1
+        seen = self.steps * self.batch_size
+        if seen < self.total and any(before < n <= seen for n in self.at):
+            t0 = time.perf_counter()
+            self.points.append({"samples": seen, "auc": float(self.score())})
+            self.clock.paused += time.perf_counter() - t0
+
+    def close(self) -> None:
+        self._handle.remove()
 
 
 def peak_rss_mb() -> float:

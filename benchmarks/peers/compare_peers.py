@@ -247,6 +247,8 @@ def run_job(job: Job, args: argparse.Namespace, data: Path, logs: Path) -> dict:
     cmd = [str(job.python), str(HERE / job.worker), "--data", str(data), "--model", job.model,
            "--batch-size", str(job.batch_size), "--threads", str(args.threads),
            "--warmup-batches", str(args.warmup_batches), "--seed", str(job.seed)]
+    if args.eval_at_samples:
+        cmd += ["--eval-at-samples", *map(str, args.eval_at_samples)]
     if job.library == "canctr":
         cmd += [arg for kv in args.canctr_set for arg in ("--set", kv)]
     # one thread count for every library, including the BLAS/OpenMP pools torch may start; no progress bars
@@ -325,7 +327,19 @@ def summarise(results: list[dict]) -> dict:
                  "step_time_ratio": sps[("canctr", "dien", b)] / v}  # time per sample, CAN-DIEN / DIEN
                 for (lib, model, b), v in sps.items() if lib == "canctr" and model == "can-dien"
                 and ("canctr", "dien", b) in sps]
-    return {"cells": rows, "ratios": ratios, "can_dien": can_dien}
+    return {"cells": rows, "ratios": ratios, "can_dien": can_dien, "curves": learning_curves(results)}
+
+
+def learning_curves(results: list[dict]) -> list[dict]:
+    """Test AUC at each learning-curve point (--eval-at-samples, and the epoch's end), mean and sample std over
+    the runs of a (library, model, batch) cell; [] without --eval-at-samples."""
+    cells: dict[tuple[str, str, int, int], list[float]] = {}
+    for r in results:
+        for p in r.get("curve", []) if len(r.get("curve", [])) > 1 else []:
+            cells.setdefault((r["library"], r["model"], r["batch_size"], p["samples"]), []).append(p["auc"])
+    return [{"library": lib, "model": model, "batch_size": b, "samples": n, "runs": len(a),
+             "auc_mean": statistics.fmean(a), "auc_std": statistics.stdev(a) if len(a) > 1 else 0.0}
+            for (lib, model, b, n), a in sorted(cells.items())]
 
 
 def auc(cell: dict, meta: dict) -> str:
@@ -339,7 +353,7 @@ def markdown(report: dict) -> str:
     out = [
         "# canctr vs peer libraries: DIN / DIEN training throughput on the same data",
         "",
-        f"Command: `python {m['command'].split(' ', 1)[-1]}`",  # the interpreter's path left out
+        *(f"Command: `python {cmd.split(' ', 1)[-1]}`  " for cmd in m.get("commands", [m["command"]])),
         "",
         (f"Data `{m['data']}` ({m['train_samples']:,} train / {m['test_samples']:,} test samples, history width "
          f"{m['history_width']}); {m['repeats']} alternating repeat(s); {m['threads']} threads per run; "
@@ -347,6 +361,7 @@ def markdown(report: dict) -> str:
         *([f"canctr trains on the prepared directory `{m['prepared']}`, the peers on its padded export "
            f"`{m['export']}` (histories and DIEN's negatives padded to the full width)."] if m.get("export") else []),
         f"Versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}.",
+        *([f"**Partial: {m['partial']}** (the comparison is running or was stopped)."] if m.get("partial") else []),
         *([f"canctr model overrides (`--canctr-set`): {', '.join(m['canctr_set'])}; every other setting is the "
            "default."] if m.get("canctr_set") else []),
         "",
@@ -382,8 +397,35 @@ def markdown(report: dict) -> str:
         for r in sorted(report["summary"]["can_dien"], key=lambda r: r["batch_size"]):
             out.append(f"| {r['batch_size']} | {r['dien_samples_per_second']:,.0f} | "
                        f"{r['can_dien_samples_per_second']:,.0f} | {r['step_time_ratio']:.2f} |")
+    if report["summary"].get("curves"):
+        out += learning_curve_table(report["summary"]["curves"], order, models)
     out += ["", "Settings and the differences that remain: benchmarks/peers/README.md.", ""]
     return "\n".join(out)
+
+
+def learning_curve_table(curves: list[dict], order: dict[str, int], models: dict[str, int]) -> list[str]:
+    """One row per (model, batch, library): test AUC (mean ± std over the runs) by samples seen; the best mean
+    of each (model, batch, samples) in bold."""
+    points = sorted({c["samples"] for c in curves})
+    cell = {(c["library"], c["model"], c["batch_size"], c["samples"]): c for c in curves}
+    rows = sorted({(c["model"], c["batch_size"], c["library"]) for c in curves},
+                  key=lambda k: (models[k[0]], k[1], order[k[2]]))
+    out = ["", "Learning curve: test AUC after n training samples (the last column: the whole epoch), mean ± "
+           "sample std over the runs; per model, batch and n, the best mean in bold:", "",
+           "| model | batch | library | " + " | ".join(f"{n:,}" for n in points) + " |",
+           "|---|---|---|" + "---|" * len(points)]
+    for model, b, lib in rows:
+        cols = []
+        for n in points:
+            c = cell.get((lib, model, b, n))
+            if c is None:
+                cols.append("")
+                continue
+            best = max(v["auc_mean"] for k, v in cell.items() if k[1:] == (model, b, n))
+            text = f"{c['auc_mean']:.4f} ± {c['auc_std']:.4f}"
+            cols.append(f"**{text}**" if c["auc_mean"] == best else text)
+        out.append(f"| {model} | {b} | {lib} | " + " | ".join(cols) + " |")
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -423,35 +465,55 @@ def run(args: argparse.Namespace) -> int:
                     if lib == "canctr" and model == "dien" and args.can_dien:
                         jobs.append(Job(lib, "can-dien", b, repeat, seed, *libraries[lib]))
     print(f"{len(jobs)} runs on {data} ({n_train:,} train samples), {args.threads} threads each", flush=True)
-    results = []
-    for job in jobs:
+    schema = Schema.load(data)
+    meta = {"data": str(source), "prepared": str(data), "export": str(export) if meta_export else None,
+            "train_samples": n_train, "test_samples": schema.splits["test"],
+            "history_width": meta_export["width"] if meta_export else schema.max_len(schema.spec.attention_group),
+            "repeats": args.repeats,
+            "threads": args.threads, "warmup_batches": args.warmup_batches, "seed": args.seed,
+            "seed_per_repeat": args.seed_per_repeat,
+            "canctr_set": args.canctr_set,
+            "machine": f"{cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}",
+            "date": time.strftime("%Y-%m-%d %H:%M"), "versions": versions,
+            "command": shlex.join(["python", *sys.argv])}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    results: list[dict] = []
+    for i, job in enumerate(jobs):
         results.append(run_job(job, args, data if job.library == "canctr" else export, work / "logs"))
         check_settings(results[-1:])  # stop at the first canctr run if the matched settings drifted
         if results[-1]["train_samples"] != n_train:  # every library trains on the same rows
             raise SystemExit(f"[{job.tag}] trained on {results[-1]['train_samples']} samples, expected {n_train}")
+        # written after every run, so a comparison stopped part way keeps what it measured (see `merge`)
+        partial = {**meta, "partial": f"{i + 1} of {len(jobs)} runs"} if i + 1 < len(jobs) else meta
+        md = write_report({"meta": partial, "summary": summarise(results), "runs": results}, out)
+    print(md)
+    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+    return 0
 
-    schema = Schema.load(data)
-    report = {
-        "meta": {"data": str(source), "prepared": str(data), "export": str(export) if meta_export else None,
-                 "train_samples": n_train, "test_samples": schema.splits["test"],
-                 "history_width": meta_export["width"] if meta_export else schema.max_len(schema.spec.attention_group),
-                 "repeats": args.repeats,
-                 "threads": args.threads, "warmup_batches": args.warmup_batches, "seed": args.seed,
-                 "seed_per_repeat": args.seed_per_repeat,
-                 "canctr_set": args.canctr_set,
-                 "machine": f"{cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}",
-                 "date": time.strftime("%Y-%m-%d %H:%M"), "versions": versions,
-                 "command": shlex.join(["python", *sys.argv])},
-        "summary": summarise(results),
-        "runs": results,
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+
+def write_report(report: dict, out: Path) -> str:
     out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     md = markdown(report)
     out.with_suffix(".md").write_text(md)
-    print(md)
-    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+    return md
+
+
+def merge(args: argparse.Namespace) -> int:
+    reports = [json.loads(Path(p).read_text()) for p in args.inputs]
+    metas = [r["meta"] for r in reports]
+    if len({(m["data"], m["train_samples"], m["test_samples"]) for m in metas}) > 1:
+        found = (f"{p}: {m['data']} ({m['train_samples']} train)" for p, m in zip(args.inputs, metas, strict=True))
+        raise SystemExit("merge: the inputs were measured on different data: " + "; ".join(found))
+    meta = {**metas[0], "commands": [m["command"] for m in metas], "repeats": max(m["repeats"] for m in metas),
+            "export": next((m["export"] for m in metas if m.get("export")), None),
+            "versions": {k: v for m in metas for k, v in m["versions"].items()},
+            "date": " / ".join(dict.fromkeys(m["date"] for m in metas))}
+    runs = [r for rep in reports for r in rep["runs"]]
+    meta.pop("partial", None)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    print(write_report({"meta": meta, "summary": summarise(runs), "runs": runs}, out))
     return 0
 
 
@@ -485,11 +547,18 @@ def main() -> int:
     r.add_argument("--seed-per-repeat", action="store_true",
                    help="repeat r trains with seed SEED + r, so AUC gets a mean and std over seeds")
     r.add_argument("--timeout", type=float, help="seconds per run")
+    r.add_argument("--eval-at-samples", type=int, nargs="+", default=[], metavar="N",
+                   help="a learning curve: every run also scores the test split once N training samples have "
+                        "been seen (left out of the timing), e.g. 10000 40000 200000")
     r.add_argument("--canctr-set", action="append", default=[], metavar="KEY=VALUE",
                    help="model config override for canctr's runs (as `canctr train --set`), e.g. "
                         "hidden_norm=batchnorm to match torch-rechub's BN-per-layer MLP")
+    g = sub.add_parser("merge", help="one report from the runs of several OUT.json (e.g. canctr's runs and the "
+                                     "peers' taken apart), written as OUT.json + OUT.md")
+    g.add_argument("inputs", nargs="+", help="OUT.json files of `run`, all on the same data")
+    g.add_argument("--out", required=True, help="results path without suffix")
     args = ap.parse_args()
-    return setup(args) if args.cmd == "setup" else run(args)
+    return {"setup": setup, "run": run, "merge": merge}[args.cmd](args)
 
 
 if __name__ == "__main__":

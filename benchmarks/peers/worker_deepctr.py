@@ -10,8 +10,6 @@ Its DNN cannot use Dice (DNN builds Dice for 3-D inputs only), so the head uses 
 
 from __future__ import annotations
 
-import time
-
 import _common as c
 import numpy as np
 import torch
@@ -55,16 +53,25 @@ def main() -> None:
     model.compile(torch.optim.Adam(model.parameters(), lr=c.LR), "binary_crossentropy", metrics=[])
     x_train, y_train = inputs(train, model), train["label"]
 
+    x_test = inputs(test, model)
+
+    def score() -> float:  # predict() leaves the model in eval mode; fit() set train mode once, at its start
+        prob = model.predict(x_test, batch_size=args.eval_batch_size).ravel()
+        model.train()
+        return float(roc_auc_score(test["label"], prob))
+
     clock = c.StepClock()
-    t_call = time.perf_counter()
+    curve = c.LearningCurve(args.eval_at_samples, args.batch_size, len(y_train), clock, score)
+    t_call = clock.now()
     model.fit(x_train, y_train, batch_size=args.batch_size, epochs=1, verbose=0, shuffle=True)
     clock.close()
+    curve.close()
     timing = clock.summary(len(y_train), args.batch_size, args.warmup_batches, t_call)
 
-    prob = model.predict(inputs(test, model), batch_size=args.eval_batch_size).ravel()
+    auc = score()
     c.emit({"library": "deepctr-torch", "model": args.model, "batch_size": args.batch_size,
-            "train_samples": len(y_train), **timing, "test_auc": float(roc_auc_score(test["label"], prob)),
-            "n_params": c.n_params(model)})
+            "train_samples": len(y_train), **timing, "test_auc": auc, "n_params": c.n_params(model),
+            "curve": [*curve.points, {"samples": len(y_train), "auc": auc}]})
 
 
 if __name__ == "__main__":

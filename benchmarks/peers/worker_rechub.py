@@ -13,8 +13,6 @@ concatenation), a bilinear AUGRU attention (no activation-unit MLP) and a dot-pr
 
 from __future__ import annotations
 
-import time
-
 import _common as c
 import numpy as np
 import torch
@@ -63,16 +61,23 @@ def main() -> None:
     trainer = CTRTrainer(model, optimizer_params={"lr": c.LR, "weight_decay": 0.0}, n_epoch=1,
                          loss_mode=args.model != "dien", device="cpu")
 
+    def score() -> float:  # predict() leaves the model in eval mode; train_one_epoch set train mode at its start
+        prob = np.asarray(trainer.predict(model, test_dl), dtype=np.float64)
+        model.train()
+        return float(roc_auc_score(y_test, prob))
+
     clock = c.StepClock()
-    t_call = time.perf_counter()
+    curve = c.LearningCurve(args.eval_at_samples, args.batch_size, len(train["label"]), clock, score)
+    t_call = clock.now()
     trainer.train_one_epoch(train_dl)
     clock.close()
+    curve.close()
     timing = clock.summary(len(train["label"]), args.batch_size, args.warmup_batches, t_call)
 
-    prob = np.asarray(trainer.predict(model, test_dl), dtype=np.float64)
+    auc = score()
     c.emit({"library": "torch-rechub", "model": args.model, "batch_size": args.batch_size,
-            "train_samples": len(train["label"]), **timing, "test_auc": float(roc_auc_score(y_test, prob)),
-            "n_params": c.n_params(model)})
+            "train_samples": len(train["label"]), **timing, "test_auc": auc, "n_params": c.n_params(model),
+            "curve": [*curve.points, {"samples": len(train["label"]), "auc": auc}]})
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             shuffle_blocks=args.shuffle_blocks,
             model_config=parse_overrides(args.set),
             checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
-            eval_every=args.eval_every, progress=not args.no_progress,
+            eval_every=args.eval_every, eval_at_samples=tuple(args.eval_at_samples), progress=not args.no_progress,
             shard_tables=args.shard_tables or "", table_optimizer=args.table_optimizer or "", table_lr=args.table_lr,
             shard_init=args.shard_init,
         )
@@ -104,6 +104,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-checkpoints", type=int, default=2, metavar="K",
                    help="checkpoints kept: the newest and K-1 older ones that --resume falls back on (default 2)")
     p.add_argument("--eval-every", type=int, default=0, help="steps between extra evaluations (curves)")
+    p.add_argument("--eval-at-samples", type=int, nargs="+", default=[], metavar="N",
+                   help="extra evaluations once N training samples have been seen, e.g. 10000 40000 200000 "
+                        "(a learning curve; logged to curves)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest checkpoint in RUN_DIR that verifies, if there is one")
     g = p.add_argument_group("sharded embedding tables (torchrec; see docs/distributed.md)")

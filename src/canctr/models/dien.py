@@ -5,14 +5,15 @@ Rate Prediction", AAAI 2019), in the form of the CAN code's `Model_DIEN`.
     aux    = auxiliary loss: states[t] vs (keys[t+1], negative[t+1])  training only, weight aux_weight
     a      = softmax attention of PReLU(Linear(target)) over states   [B, L]
     h_T    = AUGRU(H)(states, a), state at the last valid position    interest evolution
-    x      = [DNN input, target * sum keys, h_T] (+ feature blocks) -> MLP with Dice
+    x      = [DNN input, target * pooled keys, h_T] (+ feature blocks) -> MLP with Dice
 
 The target and keys are the spec's attention query and key fields (e_item || e_cate and the history's
 item || cate, 36 wide, in the public layout, where x is 18 + 3 x 36 + 36 = 162 wide).
 
 Follows the official code in: sizes (embedding 18, hidden 36), the query projection + softmax
 attention, the TF-convention AUGRU (`augru_form="code"`; "paper" gives DIEN's eq. (6)), the auxiliary
-network and weight 1, Dice in the head. Deviations: sequence sums are masked (see dnn.py); the auxiliary
+network and weight 1, Dice in the head. Deviations: the history enters the MLP as its mean, not its sum
+(`hist_pool`, see din.py; "sum" = the code); sequence sums are masked (see dnn.py); the auxiliary
 loss averages over valid (t, t+1) pairs rather than all padded slots; Dice uses running statistics in eval
 mode; the extractor is torch's nn.GRU (reset gate after the recurrent matmul; TF's GRUCell applies it
 before). The code draws 5 negatives per position and uses the first; the loader draws one
@@ -45,7 +46,7 @@ class DIENConfig(BackboneConfig):
     hidden_dim: int = 36  # HIDDEN_SIZE of both GRUs (= 2 x embed_dim in the code)
     aux_weight: float = 1.0  # weight of the auxiliary loss in ModelOutput.aux_losses["aux"]; 0 = none
     augru_form: Literal["code", "paper"] = "code"
-    hist_pool: Pool = "sum"  # the history in the MLP input ("sum" = code, "mean"); see models/din.py
+    hist_pool: Pool = "mean"  # the history in the MLP input ("mean", or "sum" = code); see models/din.py
 
 
 @register_model(

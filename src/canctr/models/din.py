@@ -1,25 +1,26 @@
 """DIN: Deep Interest Network (Zhou et al., "Deep Interest Network for Click-Through Rate Prediction",
 KDD 2018), in the form of the DIEN/CAN code's `Model_DIN`.
 
-x = [DNN input, target * sum keys, attention-pooled keys] -> MLP with Dice, where the target (the spec's
+x = [DNN input, target * pooled keys, attention-pooled keys] -> MLP with Dice, where the target (the spec's
 attention query fields, concatenated) queries the behaviour keys (the spec's attention keys, concatenated
 per position); the activation unit is MLP([q, k, q - k, q * k]) -> 80 -> 40 -> 1 with sigmoid units. In
 the public layout the target is e_item || e_cate (36) and x is 18 + 4 x 36 = 162 wide.
 
-Follows the official code in: the inputs, the sigmoid activation unit, Dice in the head, and
+Follows the official code in: the input fields, the sigmoid activation unit, Dice in the head, and
 softmax-normalised scores (`attention_softmax=True`; the DIN paper uses raw scores: set it False).
-Deviations: sequence sums are masked (see dnn.py), and Dice uses running statistics in eval mode (see
-layers/mlp.py), so outputs never depend on padding or batch-mates at evaluation.
+Deviations: the history enters the MLP as its mean (`hist_pool`, below), sequence sums are masked (see
+dnn.py), and Dice uses running statistics in eval mode (see layers/mlp.py), so outputs never depend on
+padding or batch-mates at evaluation.
 
 `hist_pool` pools the sequences entering the MLP (the keys' pooled vector, also multiplied by the target,
-and any other sequence): "sum" is the official code's and the default, "mean" divides by the valid length.
-A sum grows with the history length, so on long histories (MovieLens-1M: 42 of at most 50 positions on
-average) those inputs start ~35x the size of the attention-pooled interest and dominate the first few
-hundred steps. After 40k
-MovieLens-1M samples DIN reaches test AUC 0.629 with "sum" and 0.698 with "mean" (deepctr-torch 0.700);
-after a full epoch the two are level within noise (0.7298 ± 0.0027 vs 0.7288 ± 0.0023, 3 seeds), and on
-Beauty (short histories, ~8 positions) too. So: "sum" (the code) for the paper's Amazon data, "mean" for long
-histories with a short training budget. benchmarks/results/auc_gap_ml1m_40k.md.
+and any other sequence): "mean" (the default) divides the masked sum by the valid length, "sum" is the
+official code's. A sum grows with the history length, so on long histories (MovieLens-1M: 42 of at most 50
+positions on average) those inputs start ~35x the size of the attention-pooled interest and dominate the
+first few hundred steps. After 40k MovieLens-1M samples DIN reaches test AUC 0.629 with "sum" and 0.698
+with "mean" (deepctr-torch 0.700); after a full epoch the two are level within noise (0.7298 ± 0.0027 vs
+0.7288 ± 0.0023, 3 seeds), and on Beauty (short histories, ~8 positions) too (0.7155 ± 0.0011 sum,
+0.7185 ± 0.0019 mean). Deviation from the code, then: "mean" is never worse and much better early on long
+histories; `hist_pool=sum` reproduces the code's input exactly. benchmarks/results/auc_gap_ml1m_40k.md.
 
 Needs the spec's `attention`. `blocks` append features to the MLP input (CAN-DIN, models/composed.py).
 """
@@ -44,7 +45,7 @@ from canctr.models.registry import FeatureBlock, register_model
 class DINConfig(BackboneConfig):
     activation: Literal["prelu", "dice"] = "dice"
     attention_softmax: bool = True  # code: softmax over valid positions; DIN paper: raw scores
-    hist_pool: Pool = "sum"  # the history in the MLP input (pooled keys, target x pooled keys); see module doc
+    hist_pool: Pool = "mean"  # the history in the MLP input (pooled keys, target x pooled keys); "sum" = code
 
 
 @register_model(

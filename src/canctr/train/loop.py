@@ -73,6 +73,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: only at epoch ends)
     keep_checkpoints: int = 2  # the newest + older ones that --resume falls back on if a newer one is damaged
     eval_every: int = 0  # steps between extra evaluations logged to curves (0: only at epoch ends)
+    eval_at_samples: tuple[int, ...] = ()  # extra evaluations once these many training samples are seen (curves)
     shard_tables: str = ""  # "row" / "table": embedding tables sharded with torchrec over the ranks (sharded.py)
     table_optimizer: str = ""  # the tables' own optimizer (sgd, adagrad); "": --optimizer
     table_lr: float = 0.0  # the table optimizer's learning rate (0: lr)
@@ -87,6 +88,10 @@ class TrainConfig:
         for name in ("max_len", "bucket", "eval_max_len", "checkpoint_every", "eval_every", "shuffle_blocks"):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
+        at = tuple(self.eval_at_samples)
+        if any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in at):
+            raise ValueError(f"TrainConfig.eval_at_samples must be positive sample counts, got {list(at)}")
+        self.eval_at_samples = tuple(sorted(set(at)))
         if not self.lr > 0 or not math.isfinite(self.lr):
             raise ValueError(f"TrainConfig.lr must be a positive number, got {self.lr}")
         if self.optimizer not in OPTIMIZERS:
@@ -334,10 +339,13 @@ def _fit(cfg: TrainConfig, schema: Schema, run_dir: Path, resume: bool,
                 running, running_ctr, running_n = torch.zeros((), device=device), torch.zeros((), device=device), 0
             if bar is not None:
                 bar.update(1)
-            if cfg.eval_every and done % cfg.eval_every == 0 and done != n_batches:
+            periodic = cfg.eval_every and done % cfg.eval_every == 0
+            crossed = any(seen - batch.size * ddp.world_size < n <= seen for n in cfg.eval_at_samples)
+            if (periodic or crossed) and done != n_batches:
                 train_seconds += time.perf_counter() - t0
                 m = evaluate_all()
-                curves.append({"epoch": epoch, "step": done, "eval_auc": m["auc"], "samples": seen})
+                curves.append({"epoch": epoch, "step": done, "eval_auc": m["auc"], "eval_gauc": m["gauc"],
+                               "eval_logloss": m["logloss"], "samples": seen})
                 t0 = time.perf_counter()
             if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done != n_batches:
                 train_seconds += time.perf_counter() - t0
