@@ -430,7 +430,8 @@ def learning_curve_table(curves: list[dict], order: dict[str, int], models: dict
 
 def run(args: argparse.Namespace) -> int:
     source, work = Path(args.data), Path(args.work)
-    (work / "logs").mkdir(parents=True, exist_ok=True)
+    logs = work / "logs" / Path(args.out).name  # one folder per comparison: another one's runs never overwrite these
+    logs.mkdir(parents=True, exist_ok=True)
     check_static_settings()
     peer_vocab(Schema.load(source))  # fail before slicing if the peers cannot read what canctr would
     t0 = time.perf_counter()
@@ -480,7 +481,7 @@ def run(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     results: list[dict] = []
     for i, job in enumerate(jobs):
-        results.append(run_job(job, args, data if job.library == "canctr" else export, work / "logs"))
+        results.append(run_job(job, args, data if job.library == "canctr" else export, logs))
         check_settings(results[-1:])  # stop at the first canctr run if the matched settings drifted
         if results[-1]["train_samples"] != n_train:  # every library trains on the same rows
             raise SystemExit(f"[{job.tag}] trained on {results[-1]['train_samples']} samples, expected {n_train}")
