@@ -250,3 +250,15 @@ def test_failed_cell_is_recorded_and_the_grid_goes_on(data_dir, tmp_path, monkey
         assert [r["model"] for r in csv.DictReader(f)] == ["dnn"]
     html = (tmp_path / "report.html").read_text()
     assert "status-failed" in html and "1 of 2 cells are not finished" in html
+
+
+def test_report_paths_are_shown_relative_to_the_working_directory(tmp_path, monkeypatch):
+    """A report names its data and output as they would be typed from where it was made, never a machine's
+    absolute folders, when they lie under the working directory."""
+    from canctr.report.experiments import shown
+
+    monkeypatch.chdir(tmp_path)
+    assert shown(tmp_path / "data" / "beauty") == str(Path("data") / "beauty")
+    assert shown(Path("runs") / "zoo") == str(Path("runs") / "zoo")
+    outside = tmp_path.parent / "elsewhere"
+    assert shown(outside) == str(outside)

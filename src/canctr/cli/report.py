@@ -61,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from canctr.report.experiments import Grid, default_train_settings, parse_seeds, reproduce, resolve_models
+    from canctr.report.experiments import Grid, default_train_settings, parse_seeds, reproduce, resolve_models, shown
 
     if args.jobs < 1:
         raise ValueError(f"--jobs must be a positive number of cells at a time, got {args.jobs}")
@@ -77,8 +77,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                                  checkpoint_every=args.checkpoint_every),
     }
     command = shlex.join([
-        "canctr", "reproduce", "--data", str(data), "--models", ",".join(models),
-        "--seeds", ",".join(map(str, seeds)), "--out", str(out), "--device", args.device,
+        "canctr", "reproduce", "--data", shown(data), "--models", ",".join(models),
+        "--seeds", ",".join(map(str, seeds)), "--out", shown(out), "--device", args.device,
         "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
         "--optimizer", args.optimizer,
         "--eval-every", str(train["eval_every"]), "--checkpoint-every", str(train["checkpoint_every"]),

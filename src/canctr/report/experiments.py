@@ -61,6 +61,13 @@ from canctr.train.loop import TrainConfig, fit
 _NOT_COMPARED = ("out", "progress", "checkpoint_every", "keep_checkpoints")
 
 
+def shown(path: Path) -> str:
+    """`path` as a report shows it: relative to the working directory when inside it (the command that made the
+    report is run from there), so a committed report names no machine's folders."""
+    path = Path(path)
+    return str(path.relative_to(Path.cwd())) if path.is_absolute() and path.is_relative_to(Path.cwd()) else str(path)
+
+
 @dataclass
 class Grid:
     data: Path
@@ -348,7 +355,9 @@ def write_report(grid: Grid, cells: list[Cell], command: str | None = None) -> P
     for c in cells:
         rec = records.get((c.model, c.seed))
         metrics = {k: v for k, v in rec.metrics.items() if k not in ("model", "seed")} if rec else {}
-        rows.append({"model": c.model, "seed": c.seed, "status": c.status, **metrics, "run_dir": str(c.run_dir)})
+        if "data_dir" in metrics:
+            metrics["data_dir"] = shown(metrics["data_dir"])
+        rows.append({"model": c.model, "seed": c.seed, "status": c.status, **metrics, "run_dir": shown(c.run_dir)})
     recs = list(records.values())
     summary = aggregate(recs, [r.model for r in recs])
     ref = add_param_multiples(summary)
@@ -360,7 +369,7 @@ def write_report(grid: Grid, cells: list[Cell], command: str | None = None) -> P
     settings = {k: v for k, v in grid.train.items() if k != "progress"} | {"set": grid.overrides}
     machines = sorted({r.metrics.get("machine", "?") for r in recs})
     meta = {
-        "dataset": schema.dataset, "data_dir": str(grid.data), "protocol": schema.protocol,
+        "dataset": schema.dataset, "data_dir": shown(grid.data), "protocol": schema.protocol,
         "prepare_seed": schema.seed, "splits": schema.splits, "models": grid.models, "seeds": grid.seeds,
         "train_settings": settings, "command": command, "machines": machines,
         "generated": time.strftime("%Y-%m-%d %H:%M:%S"), "canctr": __version__, "paper_column": column,
@@ -397,7 +406,7 @@ def write_report(grid: Grid, cells: list[Cell], command: str | None = None) -> P
         per_seed=(per_seed_headers, per_seed_rows),
         cells=(["model", "seed", "status", "seconds (this call)", "note / run dir"], cell_rows),
         meta=[("dataset", f"{schema.dataset} (protocol {schema.protocol}, prepare seed {schema.seed})"),
-              ("data", str(grid.data)), ("command", command or "–"),
+              ("data", shown(grid.data)), ("command", command or "–"),
               ("training", json.dumps(settings, sort_keys=True)),
               ("machine", "; ".join(machines) or "–"), ("canctr", __version__),
               ("paper", CITATION if column else "no paper column for this dataset")],
