@@ -362,6 +362,7 @@ def markdown(report: dict) -> str:
            f"`{m['export']}` (histories and DIEN's negatives padded to the full width)."] if m.get("export") else []),
         f"Versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}.",
         *([f"**Partial: {m['partial']}** (the comparison is running or was stopped)."] if m.get("partial") else []),
+        *([f"**Note:** {m['note']}"] if m.get("note") else []),
         *([f"canctr model overrides (`--canctr-set`): {', '.join(m['canctr_set'])}; every other setting is the "
            "default."] if m.get("canctr_set") else []),
         "",
@@ -512,6 +513,8 @@ def merge(args: argparse.Namespace) -> int:
             "date": " / ".join(dict.fromkeys(m["date"] for m in metas))}
     runs = [r for rep in reports for r in rep["runs"]]
     meta.pop("partial", None)
+    if args.note:
+        meta["note"] = args.note
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     print(write_report({"meta": meta, "summary": summarise(runs), "runs": runs}, out))
@@ -558,6 +561,7 @@ def main() -> int:
                                      "peers' taken apart), written as OUT.json + OUT.md")
     g.add_argument("inputs", nargs="+", help="OUT.json files of `run`, all on the same data")
     g.add_argument("--out", required=True, help="results path without suffix")
+    g.add_argument("--note", help="a sentence printed under the report's header (e.g. how the runs were loaded)")
     args = ap.parse_args()
     return {"setup": setup, "run": run, "merge": merge}[args.cmd](args)
 
