@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -74,8 +75,16 @@ def main() -> int:
     ap.add_argument("--history", type=int, default=50)
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=5, help="the requests are timed in this many slices per variant, "
+                    "the variants in turn")
+    ap.add_argument("--kernels", nargs="+", default=["compiled"], choices=["compiled", "python"],
+                    help="the torch engine's recurrences: the compiled kernels (canctr/csrc) or the Python loops "
+                         "(CANCTR_COMPILED=0); both for a before/after in one run")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: canctr's default)")
     ap.add_argument("--out", default=None, help="results stem (JSON + markdown)")
     a = ap.parse_args()
+    import torch
+
     from canctr.bench import untrained_run
     from canctr.data.schema import Schema
     from canctr.env import machine_description
@@ -84,41 +93,60 @@ def main() -> int:
     data = Path(a.data)
     schema = Schema.load(data)
     reqs = requests_of(data, 64, a.candidates, a.history)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        # every (model, engine, kernels) variant loaded first, then timed in turn, `rounds` slices each, so a
+        # drift of the machine's speed reaches every variant alike
+        variants = []
         for model_name in a.models:
             run = untrained_run(model_name, schema, data, Path(tmp) / model_name)
             for engine in a.engines:
-                scorer = Scorer.load(ServeConfig(run=str(run), engine=engine, data=str(data)))
-                total, mapping, forward = [], [], []
-                for i in range(a.warmup + a.requests):
-                    user, cands = reqs[i % len(reqs)]
+                recurrent = engine == "torch" and "dien" in model_name  # the models the kernels serve
+                for kernels in (a.kernels if recurrent else ["-"]):
+                    scorer = Scorer.load(ServeConfig(run=str(run), engine=engine, data=str(data)))
+                    variants.append(({"model": model_name, "engine": engine, "kernels": kernels}, scorer,
+                                      {"total": [], "map": [], "forward": []}))
+        per_round = -(-a.requests // a.rounds)
+        for r in range(a.rounds):
+            for key, scorer, times in variants:
+                os.environ["CANCTR_COMPILED"] = "0" if key["kernels"] == "python" else "1"
+                for i in range(a.warmup if r == 0 else 20):
+                    scorer.probabilities(scorer.map_requests([reqs[i % len(reqs)]])[0])
+                for i in range(per_round):
+                    user, cands = reqs[(r * per_round + i) % len(reqs)]
                     t0 = time.perf_counter()
                     batch, _, _ = scorer.map_requests([(user, cands)])
                     t1 = time.perf_counter()
                     scorer.probabilities(batch)
                     t2 = time.perf_counter()
-                    if i >= a.warmup:
-                        mapping.append(t1 - t0)
-                        forward.append(t2 - t1)
-                        total.append(t2 - t0)
-                ms = {k: 1000 * np.asarray(v) for k, v in (("total", total), ("map", mapping), ("forward", forward))}
-                row = {"model": model_name, "engine": engine,
-                       **{f"{k}_p50_ms": float(np.percentile(v, 50)) for k, v in ms.items()},
-                       **{f"{k}_p99_ms": float(np.percentile(v, 99)) for k, v in ms.items()}}
-                rows.append(row)
-                print(row, flush=True)
+                    times["map"].append(t1 - t0)
+                    times["forward"].append(t2 - t1)
+                    times["total"].append(t2 - t0)
+        os.environ.pop("CANCTR_COMPILED", None)
+        for key, _, times in variants:
+            ms = {k: 1000 * np.asarray(v) for k, v in times.items()}
+            row = {**key, **{f"{k}_p50_ms": float(np.percentile(v, 50)) for k, v in ms.items()},
+                   **{f"{k}_p99_ms": float(np.percentile(v, 99)) for k, v in ms.items()}}
+            rows.append(row)
+            print(row, flush=True)
     meta = {"command": "python benchmarks/serve_latency.py " + " ".join(sys.argv[1:]),
             "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine_description(), "candidates": a.candidates,
-            "history": a.history, "requests": a.requests, "warmup": a.warmup, "data": data.name}
+            "history": a.history, "requests": a.requests, "warmup": a.warmup, "data": data.name, "rounds": a.rounds,
+            "threads": torch.get_num_threads()}
     lines = [f"# Scoring latency in process: 1 user x {a.candidates} candidates, history {a.history}", "",
              f"Command: `{meta['command']}`  ", f"Date: {meta['date']}; machine: {meta['machine']}", "",
              f"{a.requests:,} requests after {a.warmup} of warm-up, 64 different ones of real raw ids in turn. total = "
              "map raw ids + model (what `POST /v1/score` runs after parsing the JSON); ms, p50 / p99. The user side "
              "runs once per request (`Batch.user`: the history's lookups and co-action feed powers, DIEN's "
              "extractor GRU, the keys' share of the attention and AUGRU input layers); per candidate the rest.", "",
-             "| model | engine | total p50 / p99 | map p50 / p99 | forward p50 / p99 |", "|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['engine']} | {r['total_p50_ms']:.2f} / {r['total_p99_ms']:.2f} "
+             f"Variants timed in turn, {a.rounds} slices each; {torch.get_num_threads()} torch threads. kernels: the "
+             "torch engine's DIEN recurrences compiled (canctr/csrc/recurrent.cpp) or the Python loops "
+             "(`CANCTR_COMPILED=0`).", "",
+             "| model | engine | kernels | total p50 / p99 | map p50 / p99 | forward p50 / p99 |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['engine']} | {r['kernels']} | {r['total_p50_ms']:.2f} / {r['total_p99_ms']:.2f} "
               f"| {r['map_p50_ms']:.2f} / {r['map_p99_ms']:.2f} "
               f"| {r['forward_p50_ms']:.2f} / {r['forward_p99_ms']:.2f} |"
               for r in rows]

@@ -205,9 +205,11 @@ def test_augru_cpu_loop_equals_the_step_reference(form: str) -> None:
 
 def test_dien_scores_with_the_lean_loop_equal_the_reference(schema_batch: tuple[Schema, Batch],
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    """can-dien's scores of a user-shared batch with the lean AUGRU loop and with the step-by-step reference."""
+    """can-dien's scores of a user-shared batch with the lean AUGRU loop and with the step-by-step reference
+    (the compiled kernels off, so that the lean loop runs)."""
     from canctr.layers import sequence
 
+    monkeypatch.setenv("CANCTR_COMPILED", "0")
     schema, batch = schema_batch
     torch.manual_seed(0)
     model = create_model("can-dien", schema, make_config("can-dien", {})).eval()
@@ -244,3 +246,25 @@ def test_export_forms_equal_the_eager_recurrences(form: str) -> None:
         got = _augru_scan_export(x_gates, x_cand, attention, mask, gru.gate_proj.weight, gru.cand_proj.weight,
                                  form == "paper")
         torch.testing.assert_close(got, gru.reference_forward(x, attention, mask), atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("model_name", ["dien", "can-dien"])
+def test_dien_scores_with_the_compiled_recurrences_equal_the_python_loops(
+        schema_batch: tuple[Schema, Batch], monkeypatch: pytest.MonkeyPatch, model_name: str) -> None:
+    """The compiled extractor GRU and AUGRU (canctr/csrc/recurrent.cpp) against the Python loops
+    (CANCTR_COMPILED=0), in a whole model: the plain batch and user-shared batches, to 1e-6."""
+    from canctr.layers import compiled
+
+    if compiled.ops() is None:
+        pytest.skip("the compiled CPU kernels cannot be built here (no C++ compiler or ninja)")
+    schema, batch = schema_batch
+    torch.manual_seed(0)
+    model = create_model(model_name, schema, make_config(model_name, {})).eval()
+    batches = [batch] + [share(batch, schema, *layout) for layout in layouts(batch.size).values()]
+    for b in batches:
+        with torch.inference_mode():
+            fast = torch.sigmoid(model(b).logits)
+            monkeypatch.setenv("CANCTR_COMPILED", "0")
+            slow = torch.sigmoid(model(b).logits)
+            monkeypatch.delenv("CANCTR_COMPILED")
+        torch.testing.assert_close(fast, slow, atol=TOL, rtol=0)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from canctr.layers import compiled
 from canctr.layers.inference import tanh_
 from canctr.layers.mlp import MLP, Norm
 
@@ -46,9 +47,22 @@ class InterestExtractor(nn.Module):
         # torch.export decomposes nn.GRU into a Python loop that fixes L: exported, the GRU is one opaque op
         # (`gru_states`) that the ONNX export writes as ONNX's GRU (`onnx_translations`), L dynamic
         g = self.gru
-        states = gru_states(x, g.weight_ih_l0, g.weight_hh_l0, g.bias_ih_l0, g.bias_hh_l0) \
-            if torch.compiler.is_exporting() else g(x)[0]
+        if torch.compiler.is_exporting():
+            states = gru_states(x, g.weight_ih_l0, g.weight_hh_l0, g.bias_ih_l0, g.bias_hh_l0)
+        elif _compiled_ok(x) and (kernels := compiled.ops()) is not None:  # inference on the CPU: one call
+            steps = int(mask.sum(1).max()) if x.shape[0] else 0
+            states = kernels.gru_infer(F.linear(x, g.weight_ih_l0, g.bias_ih_l0), g.weight_hh_l0.t(), g.bias_hh_l0,
+                                       steps)
+        else:
+            states = g(x)[0]
         return states.masked_fill(~mask.unsqueeze(-1), 0.0)
+
+
+def _compiled_ok(x: Tensor) -> bool:
+    """Whether the compiled inference kernels (canctr/csrc/recurrent.cpp) may run on `x`: float32 on the CPU, no
+    gradient, not traced, compiled or exported (those keep the torch ops)."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+            and not (torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()))
 
 
 @torch.library.custom_op("canctr::gru_states", mutates_args=())
@@ -162,7 +176,14 @@ class AUGRU(nn.Module):
 def _augru_infer(x_gates: Tensor, x_cand: Tensor, attention: Tensor, mask: Tensor, w_gates: Tensor, w_cand: Tensor,
                  paper: bool) -> Tensor:
     """`_AUGRUScan.forward` without what its backward needs (shapes as there), for scoring: float32 on the CPU
-    the lean loop `_augru_infer_cpu`, else `_augru_infer_reference`."""
+    the compiled loop (canctr/csrc/recurrent.cpp) or, where it cannot be built, the lean loop `_augru_infer_cpu`;
+    else `_augru_infer_reference`."""
+    if _compiled_ok(x_cand) and x_gates.dtype == torch.float32 and (kernels := compiled.ops()) is not None:
+        lengths = mask.sum(1)
+        steps = int(lengths.max()) if x_cand.shape[0] else 0
+        valid = None if bool((lengths == steps).all()) else mask
+        keep = attention if paper else 1.0 - attention
+        return kernels.augru_infer(x_gates, x_cand, keep, valid, w_gates.t(), w_cand.t(), paper, steps)
     if (x_cand.device.type == "cpu" and x_cand.dtype == torch.float32 and x_gates.dtype == torch.float32
             and not torch.compiler.is_compiling()):
         return _augru_infer_cpu(x_gates, x_cand, attention, mask, w_gates, w_cand, paper)

@@ -34,6 +34,7 @@ import torch
 
 from canctr import __version__
 from canctr.data.batch import Batch, user_side
+from canctr.layers.compiled import warm_kernels
 from canctr.models.base import shares_user_side
 from canctr.serve.export import (
     ExportError,
@@ -143,6 +144,7 @@ class Scorer:
         if sha256_file(ckpt / "model.safetensors") != sha:  # replaced while we read it: never serve a mix
             raise RuntimeError(f"{ckpt}: the checkpoint changed while it was loaded; reload again")
         model.eval()
+        warm_kernels(model)
         mapper = RawIdMapper.from_run(run, config.data)
         info = {"model": model.model_name, "dataset": schema.dataset, "spec": schema.spec.to_dict(),
                 "vocab_sizes": dict(schema.vocab), "checkpoint": {"sha256": sha, "path": str(ckpt)},
