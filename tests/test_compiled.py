@@ -91,3 +91,60 @@ def test_switched_off_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
     assert compiled.ops() is None and not compiled.enabled()
     monkeypatch.setenv("CANCTR_COMPILED", "1")
     assert compiled.enabled()
+
+
+def _grads(out: torch.Tensor, inputs: list[torch.Tensor], seed: int) -> tuple[torch.Tensor, ...]:
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed))
+    return torch.autograd.grad(out, inputs, g)
+
+
+@pytest.mark.parametrize("form", ["code", "paper"])
+@pytest.mark.parametrize("B", [1, 37])
+def test_augru_training_kernels_equal_the_hand_written_scan(kernels, monkeypatch: pytest.MonkeyPatch, form: str,
+                                                            B: int) -> None:  # noqa: ANN001
+    """Forward and every gradient (inputs, attention, weights) of the compiled training scan against the Python
+    `_AUGRUScan` (CANCTR_COMPILED=0), ragged rows with an empty one; float32, sums over up to 37 x 11 terms."""
+    from canctr.layers import AUGRU
+
+    torch.manual_seed(B)
+    g = torch.Generator().manual_seed(B)
+    L, D, H = 11, 5, 6
+    augru = AUGRU(D, H, form=form)
+    x = torch.randn(B, L, D, generator=g, requires_grad=True)
+    attention = torch.rand(B, L, generator=g, requires_grad=True)
+    for lengths in _lengths(B, L, g):
+        mask = torch.arange(L)[None, :] < lengths[:, None]
+        inputs = [x, attention, *augru.parameters()]
+        out = augru(x, attention, mask)
+        got = (out, *_grads(out, inputs, 1))
+        with monkeypatch.context() as m:
+            m.setenv("CANCTR_COMPILED", "0")
+            ref_out = augru(x, attention, mask)
+            want = (ref_out, *_grads(ref_out, inputs, 1))
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("B", [1, 37])
+def test_gru_training_kernels_equal_torch_gru(kernels, monkeypatch: pytest.MonkeyPatch, B: int) -> None:  # noqa: ANN001
+    """The extractor's states and gradients (inputs and all four GRU parameters) with the compiled training
+    kernels against nn.GRU under autograd (CANCTR_COMPILED=0), padding masked as the model does."""
+    torch.manual_seed(B)
+    g = torch.Generator().manual_seed(B)
+    L, D, H = 9, 5, 7
+    extractor = InterestExtractor(D, H)
+    with torch.no_grad():
+        for p in extractor.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g))
+    x = torch.randn(B, L, D, generator=g, requires_grad=True)
+    for lengths in _lengths(B, L, g):
+        mask = torch.arange(L)[None, :] < lengths[:, None]
+        inputs = [x, *extractor.parameters()]
+        out = extractor(x, mask)
+        got = (out, *_grads(out, inputs, 2))
+        with monkeypatch.context() as m:
+            m.setenv("CANCTR_COMPILED", "0")
+            ref_out = extractor(x, mask)
+            want = (ref_out, *_grads(ref_out, inputs, 2))
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

@@ -13,6 +13,7 @@
 #include <torch/library.h>
 
 #include <cstdint>
+#include <tuple>
 
 namespace {
 
@@ -195,10 +196,260 @@ at::Tensor gru_infer(const at::Tensor& x_proj, const at::Tensor& w_hh_t, const a
   return states;
 }
 
+// ---- training: forward passes that keep what the backward needs, and the backward passes (BPTT) ----
+// Saved tensors are time-major ([steps, B, .]) so that a chunk's rows at one step are one dense block; the
+// recurrent weights' gradients are left to one matmul over every (step, row) in Python.
+
+// AUGRU forward for training: as `augru_infer` (valid required, w_gates [2H, H] and w_cand [H, H] in nn.Linear
+// layout), also returning hs (the state before each step), gs (r | u) and cs (tanh candidate), [steps, B, .].
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> augru_train_forward(
+    const at::Tensor& x_gates, const at::Tensor& x_cand, const at::Tensor& keep, const at::Tensor& valid,
+    const at::Tensor& w_gates, const at::Tensor& w_cand, bool paper, int64_t steps) {
+  check_cpu_float(x_gates, "x_gates");
+  check_cpu_float(x_cand, "x_cand");
+  const int64_t B = keep.size(0), L = keep.size(1), H = w_cand.size(0);
+  TORCH_CHECK(x_gates.size(0) == B && x_cand.size(0) == B && x_gates.size(-1) == 2 * H && x_cand.size(-1) == H &&
+              w_gates.size(0) == 2 * H && steps <= L && x_gates.size(1) >= steps && x_cand.size(1) >= steps,
+              "augru_train_forward: shapes do not match");
+  const at::Tensor xg = x_gates.stride(2) == 1 ? x_gates : x_gates.contiguous();
+  const at::Tensor xc = x_cand.stride(2) == 1 ? x_cand : x_cand.contiguous();
+  const at::Tensor k = keep.contiguous(), v = valid.to(at::kBool).contiguous();
+  const at::Tensor wg_t = w_gates.t().contiguous(), wc_t = w_cand.t().contiguous();
+  const auto opt = x_cand.options();
+  at::Tensor h = at::zeros({B, H}, opt);
+  at::Tensor hs = at::empty({steps, B, H}, opt), gs = at::empty({steps, B, 2 * H}, opt);
+  at::Tensor cs = at::empty({steps, B, H}, opt);
+  const float *xgp = xg.data_ptr<float>(), *xcp = xc.data_ptr<float>(), *kp = k.data_ptr<float>();
+  const float *wgp = wg_t.data_ptr<float>(), *wcp = wc_t.data_ptr<float>();
+  const bool* vp = v.data_ptr<bool>();
+  float *h_all = h.data_ptr<float>(), *hs_all = hs.data_ptr<float>(), *gs_all = gs.data_ptr<float>();
+  float* cs_all = cs.data_ptr<float>();
+
+  at::parallel_for(0, B, kRowGrain, [&](int64_t b0, int64_t b1) {
+    const int64_t n = b1 - b0;
+    at::Tensor rh = at::empty({n, H}, opt);
+    float* rp = rh.data_ptr<float>();
+    float* hp = h_all + b0 * H;
+    for (int64_t t = 0; t < steps; ++t) {
+      float* hsp = hs_all + (t * B + b0) * H;
+      float* gp = gs_all + (t * B + b0) * 2 * H;
+      float* cp = cs_all + (t * B + b0) * H;
+      for (int64_t i = 0; i < n * H; ++i) hsp[i] = hp[i];
+      fill_rows(gp, xgp + b0 * xg.stride(0) + t * xg.stride(1), n, 2 * H, xg.stride(0), false);
+      gemm_rows(n, 2 * H, H, 1.0f, hp, wgp, 1.0f, gp);
+      floats(gp, n, 2 * H).sigmoid_();
+      for (int64_t b = 0; b < n; ++b)
+        for (int64_t j = 0; j < H; ++j) rp[b * H + j] = gp[b * 2 * H + j] * hp[b * H + j];
+      fill_rows(cp, xcp + b0 * xc.stride(0) + t * xc.stride(1), n, H, xc.stride(0), false);
+      gemm_rows(n, H, H, 2.0f, rp, wcp, 2.0f, cp);
+      floats(cp, n, H).sigmoid_();
+      for (int64_t b = 0; b < n; ++b) {
+        const int64_t at_t = (b0 + b) * L + t;
+        const float* u = gp + b * 2 * H + H;
+        float* cb = cp + b * H;
+        float* hb = hp + b * H;
+        const float kb = kp[at_t];
+        const bool on = vp[at_t];
+        for (int64_t j = 0; j < H; ++j) {
+          const float cc = 2.0f * cb[j] - 1.0f;
+          cb[j] = cc;
+          if (on) hb[j] = paper ? hb[j] + u[j] * kb * (cc - hb[j]) : cc + u[j] * kb * (hb[j] - cc);
+        }
+      }
+    }
+  });
+  return {h, hs, gs, cs};
+}
+
+// AUGRU backward: grad_h [B, H] and the saved tensors -> d_gates [L, B, 2H] (the input part of r, u before the
+// sigmoid), d_cand [L, B, H] (of c before the tanh), d_keep [L, B]; zeros at steps >= `steps`.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> augru_train_backward(
+    const at::Tensor& grad_h, const at::Tensor& hs, const at::Tensor& gs, const at::Tensor& cs, const at::Tensor& keep,
+    const at::Tensor& valid, const at::Tensor& w_gates, const at::Tensor& w_cand, bool paper, int64_t L) {
+  const int64_t steps = hs.size(0), B = hs.size(1), H = hs.size(2);
+  const at::Tensor gh = grad_h.contiguous(), k = keep.contiguous(), v = valid.to(at::kBool).contiguous();
+  const at::Tensor wg = w_gates.contiguous(), wc = w_cand.contiguous();
+  const auto opt = hs.options();
+  at::Tensor d_gates = at::zeros({L, B, 2 * H}, opt), d_cand = at::zeros({L, B, H}, opt);
+  at::Tensor d_keep = at::zeros({L, B}, opt);
+  const float *ghp = gh.data_ptr<float>(), *kp = k.data_ptr<float>(), *wgp = wg.data_ptr<float>();
+  const float *wcp = wc.data_ptr<float>(), *hs_all = hs.data_ptr<float>(), *gs_all = gs.data_ptr<float>();
+  const float* cs_all = cs.data_ptr<float>();
+  const bool* vp = v.data_ptr<bool>();
+  float *dg_all = d_gates.data_ptr<float>(), *dc_all = d_cand.data_ptr<float>(), *dk_all = d_keep.data_ptr<float>();
+  const int64_t Lk = k.size(1);
+
+  at::parallel_for(0, B, kRowGrain, [&](int64_t b0, int64_t b1) {
+    const int64_t n = b1 - b0;
+    at::Tensor dh_t = at::empty({n, H}, opt), due_t = at::empty({n, H}, opt), drh_t = at::empty({n, H}, opt);
+    float *dh = dh_t.data_ptr<float>(), *due = due_t.data_ptr<float>(), *drh = drh_t.data_ptr<float>();
+    for (int64_t i = 0; i < n * H; ++i) dh[i] = ghp[b0 * H + i];
+    for (int64_t t = steps - 1; t >= 0; --t) {
+      const float* hp = hs_all + (t * B + b0) * H;
+      const float* gp = gs_all + (t * B + b0) * 2 * H;
+      const float* cp = cs_all + (t * B + b0) * H;
+      float* dgp = dg_all + (t * B + b0) * 2 * H;
+      float* dcp = dc_all + (t * B + b0) * H;
+      for (int64_t b = 0; b < n; ++b) {
+        const int64_t at_t = (b0 + b) * Lk + t;
+        const float kb = kp[at_t];
+        const float on = vp[at_t] ? 1.0f : 0.0f;
+        float acc = 0.0f;
+        for (int64_t j = 0; j < H; ++j) {
+          const int64_t i = b * H + j;
+          const float u = gp[b * 2 * H + H + j], c = cp[i], h = hp[i];
+          const float dn = dh[i] * on, ue = u * kb;
+          float d_ue, dc;
+          if (paper) {  // h' = h + ue (c - h)
+            d_ue = dn * (c - h);
+            dc = dn * ue;
+            dh[i] = dh[i] - dn * ue;
+          } else {  // h' = c + ue (h - c)
+            d_ue = dn * (h - c);
+            dc = dn - dn * ue;
+            dh[i] = dh[i] - dn + dn * ue;
+          }
+          acc += d_ue * u;
+          due[i] = d_ue;
+          dcp[i] = dc * (1.0f - c * c);
+        }
+        dk_all[t * B + b0 + b] = acc;
+      }
+      gemm_rows(n, H, H, 1.0f, dcp, wcp, 0.0f, drh);  // d(r h) = d_cand W_c
+      for (int64_t b = 0; b < n; ++b) {
+        const float kb = kp[(b0 + b) * Lk + t];
+        for (int64_t j = 0; j < H; ++j) {
+          const int64_t i = b * H + j;
+          const float r = gp[b * 2 * H + j], u = gp[b * 2 * H + H + j];
+          dgp[b * 2 * H + j] = drh[i] * hp[i] * r * (1.0f - r);
+          dgp[b * 2 * H + H + j] = due[i] * kb * u * (1.0f - u);
+          dh[i] += drh[i] * r;
+        }
+      }
+      gemm_rows(n, H, 2 * H, 1.0f, dgp, wgp, 1.0f, dh);  // + d_gates W_g
+    }
+  });
+  return {d_gates, d_cand, d_keep};
+}
+
+// GRU forward for training (torch's convention, as `gru_infer`; w_hh [3H, H]): states [L, B, H] time-major
+// (zeros at steps >= `steps`) and, per step, rz (after the sigmoid), n (after the tanh) and the recurrent
+// part of n before the reset gate, ghn: [steps, B, .].
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_train_forward(
+    const at::Tensor& x_proj, const at::Tensor& w_hh, const at::Tensor& b_hh, int64_t steps) {
+  check_cpu_float(x_proj, "x_proj");
+  const int64_t B = x_proj.size(0), L = x_proj.size(1), H = w_hh.size(1);
+  TORCH_CHECK(x_proj.size(2) == 3 * H && w_hh.size(0) == 3 * H && b_hh.numel() == 3 * H && steps <= L,
+              "gru_train_forward: shapes do not match");
+  const at::Tensor xp = x_proj.contiguous(), w_t = w_hh.t().contiguous(), bias = b_hh.contiguous();
+  const auto opt = x_proj.options();
+  at::Tensor states = at::zeros({L, B, H}, opt), rz = at::empty({steps, B, 2 * H}, opt);
+  at::Tensor nn_ = at::empty({steps, B, H}, opt), ghn = at::empty({steps, B, H}, opt);
+  const float *xpp = xp.data_ptr<float>(), *wp = w_t.data_ptr<float>(), *bp = bias.data_ptr<float>();
+  float *s_all = states.data_ptr<float>(), *rz_all = rz.data_ptr<float>(), *n_all = nn_.data_ptr<float>();
+  float* ghn_all = ghn.data_ptr<float>();
+
+  at::parallel_for(0, B, kRowGrain, [&](int64_t b0, int64_t b1) {
+    const int64_t n = b1 - b0;
+    at::Tensor h0 = at::zeros({n, H}, opt), gh_t = at::empty({n, 3 * H}, opt);
+    float* gh = gh_t.data_ptr<float>();
+    const float* hp = h0.data_ptr<float>();  // the previous state: zeros, then the states written
+    for (int64_t t = 0; t < steps; ++t) {
+      float* rzp = rz_all + (t * B + b0) * 2 * H;
+      float* np_ = n_all + (t * B + b0) * H;
+      float* gnp = ghn_all + (t * B + b0) * H;
+      float* sp = s_all + (t * B + b0) * H;
+      fill_rows(gh, bp, n, 3 * H, 0, true);
+      gemm_rows(n, 3 * H, H, 1.0f, hp, wp, 1.0f, gh);
+      for (int64_t b = 0; b < n; ++b) {
+        const float* x = xpp + ((b0 + b) * L + t) * 3 * H;
+        for (int64_t j = 0; j < 2 * H; ++j) rzp[b * 2 * H + j] = x[j] + gh[b * 3 * H + j];
+      }
+      floats(rzp, n, 2 * H).sigmoid_();
+      for (int64_t b = 0; b < n; ++b) {
+        const float* x = xpp + ((b0 + b) * L + t) * 3 * H + 2 * H;
+        for (int64_t j = 0; j < H; ++j) {
+          const float g = gh[b * 3 * H + 2 * H + j];
+          gnp[b * H + j] = g;
+          np_[b * H + j] = 2.0f * (x[j] + rzp[b * 2 * H + j] * g);
+        }
+      }
+      floats(np_, n, H).sigmoid_();
+      for (int64_t b = 0; b < n; ++b)
+        for (int64_t j = 0; j < H; ++j) {
+          const int64_t i = b * H + j;
+          const float nv = 2.0f * np_[i] - 1.0f, z = rzp[b * 2 * H + H + j];
+          np_[i] = nv;
+          sp[i] = nv + z * (hp[i] - nv);
+        }
+      hp = sp;
+    }
+  });
+  return {states, rz, nn_, ghn};
+}
+
+// GRU backward: d_states [B, L, H] (any strides) and the saved tensors -> d_xproj [L, B, 3H] (zeros at steps >=
+// `steps`) and d_gh [steps, B, 3H], the gradient of b_hh + h W_hh^T at each step.
+std::tuple<at::Tensor, at::Tensor> gru_train_backward(const at::Tensor& d_states, const at::Tensor& states,
+                                                      const at::Tensor& rz, const at::Tensor& n_saved,
+                                                      const at::Tensor& ghn, const at::Tensor& w_hh) {
+  const int64_t steps = rz.size(0), B = rz.size(1), H = ghn.size(2), L = states.size(0);
+  const at::Tensor ds = d_states.contiguous(), w = w_hh.contiguous();
+  const auto opt = rz.options();
+  at::Tensor d_xproj = at::zeros({L, B, 3 * H}, opt), d_gh = at::empty({steps, B, 3 * H}, opt);
+  const float *dsp = ds.data_ptr<float>(), *wp = w.data_ptr<float>(), *s_all = states.data_ptr<float>();
+  const float *rz_all = rz.data_ptr<float>(), *n_all = n_saved.data_ptr<float>(), *ghn_all = ghn.data_ptr<float>();
+  float *dx_all = d_xproj.data_ptr<float>(), *dgh_all = d_gh.data_ptr<float>();
+  const int64_t Ld = ds.size(1);
+
+  at::parallel_for(0, B, kRowGrain, [&](int64_t b0, int64_t b1) {
+    const int64_t n = b1 - b0;
+    at::Tensor dh_t = at::zeros({n, H}, opt);
+    float* dh = dh_t.data_ptr<float>();
+    for (int64_t t = steps - 1; t >= 0; --t) {
+      const float* rzp = rz_all + (t * B + b0) * 2 * H;
+      const float* np_ = n_all + (t * B + b0) * H;
+      const float* gnp = ghn_all + (t * B + b0) * H;
+      const float* prev = t > 0 ? s_all + ((t - 1) * B + b0) * H : nullptr;
+      float* dxp = dx_all + (t * B + b0) * 3 * H;
+      float* dgp = dgh_all + (t * B + b0) * 3 * H;
+      for (int64_t b = 0; b < n; ++b) {
+        const float* d_out = dsp + ((b0 + b) * Ld + t) * H;
+        for (int64_t j = 0; j < H; ++j) {
+          const int64_t i = b * H + j;
+          const float d = dh[i] + d_out[j];
+          const float r = rzp[b * 2 * H + j], z = rzp[b * 2 * H + H + j], nv = np_[i];
+          const float hprev = prev != nullptr ? prev[i] : 0.0f;
+          const float dpn = d * (1.0f - z) * (1.0f - nv * nv);  // through h' = n + z (h - n) and the tanh
+          const float dpr = dpn * gnp[i] * r * (1.0f - r);
+          const float dpz = d * (hprev - nv) * z * (1.0f - z);
+          dxp[b * 3 * H + j] = dpr;
+          dxp[b * 3 * H + H + j] = dpz;
+          dxp[b * 3 * H + 2 * H + j] = dpn;
+          dgp[b * 3 * H + j] = dpr;
+          dgp[b * 3 * H + H + j] = dpz;
+          dgp[b * 3 * H + 2 * H + j] = dpn * r;
+          dh[i] = d * z;
+        }
+      }
+      gemm_rows(n, H, 3 * H, 1.0f, dgp, wp, 1.0f, dh);  // + d_gh W_hh
+    }
+  });
+  return {d_xproj, d_gh};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(canctr_cpu, m) {
   m.def("augru_infer(Tensor x_gates, Tensor x_cand, Tensor keep, Tensor? valid, Tensor w_gates_t, "
         "Tensor w_cand_t, bool paper, int steps) -> Tensor", &augru_infer);
   m.def("gru_infer(Tensor x_proj, Tensor w_hh_t, Tensor b_hh, int steps) -> Tensor", &gru_infer);
+  m.def("augru_train_forward(Tensor x_gates, Tensor x_cand, Tensor keep, Tensor valid, Tensor w_gates, "
+        "Tensor w_cand, bool paper, int steps) -> (Tensor, Tensor, Tensor, Tensor)", &augru_train_forward);
+  m.def("augru_train_backward(Tensor grad_h, Tensor hs, Tensor gs, Tensor cs, Tensor keep, Tensor valid, "
+        "Tensor w_gates, Tensor w_cand, bool paper, int L) -> (Tensor, Tensor, Tensor)", &augru_train_backward);
+  m.def("gru_train_forward(Tensor x_proj, Tensor w_hh, Tensor b_hh, int steps) -> (Tensor, Tensor, Tensor, Tensor)",
+        &gru_train_forward);
+  m.def("gru_train_backward(Tensor d_states, Tensor states, Tensor rz, Tensor n, Tensor ghn, Tensor w_hh) "
+        "-> (Tensor, Tensor)", &gru_train_backward);
 }

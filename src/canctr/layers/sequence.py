@@ -53,16 +53,43 @@ class InterestExtractor(nn.Module):
             steps = int(mask.sum(1).max()) if x.shape[0] else 0
             states = kernels.gru_infer(F.linear(x, g.weight_ih_l0, g.bias_ih_l0), g.weight_hh_l0.t(), g.bias_hh_l0,
                                        steps)
+        elif _compiled_ok(x, training=True) and compiled.ops() is not None:  # training on the CPU
+            steps = int(mask.sum(1).max()) if x.shape[0] else 0
+            states = _CompiledGRU.apply(F.linear(x, g.weight_ih_l0, g.bias_ih_l0), g.weight_hh_l0, g.bias_hh_l0,
+                                        steps)
         else:
             states = g(x)[0]
         return states.masked_fill(~mask.unsqueeze(-1), 0.0)
 
 
-def _compiled_ok(x: Tensor) -> bool:
-    """Whether the compiled inference kernels (canctr/csrc/recurrent.cpp) may run on `x`: float32 on the CPU, no
-    gradient, not traced, compiled or exported (those keep the torch ops)."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+def _compiled_ok(x: Tensor, training: bool = False) -> bool:
+    """Whether the compiled kernels (canctr/csrc/recurrent.cpp) may run on `x`: float32 on the CPU, not traced,
+    compiled or exported (those keep the torch ops); the inference kernels without gradient, the training ones
+    with."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and torch.is_grad_enabled() == training
             and not (torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()))
+
+
+class _CompiledGRU(torch.autograd.Function):
+    """The extractor's GRU for training, forward and backward (BPTT) in the compiled kernels: x_proj [B, L, 3H]
+    (x W_ih^T + b_ih, which stays under autograd), w_hh [3H, H], b_hh [3H] -> states [B, L, H] of the first
+    `steps` positions (zeros after: every row is padding there). Held to nn.GRU by tests/test_compiled.py."""
+
+    @staticmethod
+    def forward(ctx, x_proj, w_hh, b_hh, steps: int):  # noqa: ANN001, ANN205
+        states, rz, n, ghn = compiled.ops().gru_train_forward(x_proj, w_hh, b_hh, steps)  # states [L, B, H]
+        ctx.save_for_backward(states, rz, n, ghn, w_hh)
+        return states.transpose(0, 1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, d_states):  # noqa: ANN001, ANN205
+        states, rz, n, ghn, w_hh = ctx.saved_tensors
+        d_xproj, d_gh = compiled.ops().gru_train_backward(d_states, states, rz, n, ghn, w_hh)
+        steps, B, H = n.shape
+        h_prev = torch.cat([states.new_zeros(1, B, H), states[: steps - 1]]) if steps else states[:0]
+        d_w_hh = d_gh.reshape(-1, 3 * H).t() @ h_prev.reshape(-1, H)
+        return d_xproj.transpose(0, 1), d_w_hh, d_gh.sum((0, 1)), None
 
 
 @torch.library.custom_op("canctr::gru_states", mutates_args=())
@@ -151,6 +178,10 @@ class AUGRU(nn.Module):
                                self.cand_proj.weight.t(), paper)
         if not torch.is_grad_enabled():  # inference: nothing kept for a backward
             return _augru_infer(x_gates, x_cand, attention, mask, self.gate_proj.weight, self.cand_proj.weight, paper)
+        if _compiled_ok(x_cand, training=True) and x_cand.shape[0] == x_gates.shape[0] \
+                and compiled.ops() is not None:  # training on the CPU: the compiled scan
+            return _CompiledAUGRU.apply(x_gates, x_cand, attention, mask, self.gate_proj.weight,
+                                        self.cand_proj.weight, paper)
         return _AUGRUScan.apply(x_gates, x_cand, attention, mask, self.gate_proj.weight, self.cand_proj.weight, paper)
 
     def reference_forward(self, x: Tensor, attention: Tensor, mask: Tensor) -> Tensor:
@@ -387,6 +418,34 @@ class _AUGRUScan(torch.autograd.Function):
         d_wg = d_gates.reshape(L * B, 2 * H).t() @ hs.reshape(L * B, H)
         d_wc = d_cand.reshape(L * B, H).t() @ rh.reshape(L * B, H)
         d_att = d_keep.t() if paper else -d_keep.t()
+        return d_gates.transpose(0, 1), d_cand.transpose(0, 1), d_att, None, d_wg, d_wc, None
+
+
+class _CompiledAUGRU(torch.autograd.Function):
+    """`_AUGRUScan` with its time loops, forward and backward, in the compiled kernels (rows split over the
+    threads); the recurrent weights' gradients as there, one matmul over every step. Same arguments and result;
+    held to `_AUGRUScan` by tests/test_compiled.py. The loops stop at the batch's longest row."""
+
+    @staticmethod
+    def forward(ctx, x_gates, x_cand, attention, mask, w_gates, w_cand, paper: bool):  # noqa: ANN001, ANN205
+        keep = attention if paper else 1.0 - attention
+        steps = int(mask.sum(1).max()) if mask.shape[0] else 0
+        h, hs, gs, cs = compiled.ops().augru_train_forward(x_gates, x_cand, keep, mask, w_gates, w_cand, paper,
+                                                           steps)
+        ctx.save_for_backward(hs, gs, cs, keep, mask, w_gates, w_cand)
+        ctx.paper, ctx.L = paper, mask.shape[1]
+        return h
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_h):  # noqa: ANN001, ANN205
+        hs, gs, cs, keep, mask, w_gates, w_cand = ctx.saved_tensors
+        d_gates, d_cand, d_keep = compiled.ops().augru_train_backward(grad_h, hs, gs, cs, keep, mask, w_gates,
+                                                                      w_cand, ctx.paper, ctx.L)
+        steps, _, H = hs.shape
+        d_wg = d_gates[:steps].reshape(-1, 2 * H).t() @ hs.reshape(-1, H)
+        d_wc = d_cand[:steps].reshape(-1, H).t() @ (gs[..., :H] * hs).reshape(-1, H)
+        d_att = d_keep.t() if ctx.paper else -d_keep.t()
         return d_gates.transpose(0, 1), d_cand.transpose(0, 1), d_att, None, d_wg, d_wc, None
 
 
