@@ -163,10 +163,12 @@ class CoAction(nn.Module):
             feed = feed.masked_fill(~mask.unsqueeze(-1), 0.0)
         return self._layers(self._powers(feed), [], params, mask, 0, pool_at, mask_feed, pooled=False)
 
-    def shared_forward(self, induction: Tensor, feed: Tensor, mask: Tensor, user: Tensor) -> Tensor:
+    def shared_forward(self, induction: Tensor, feed: Tensor, mask: Tensor, user: Tensor,
+                       per_user: int | None = None) -> Tensor:
         """`forward(induction, feed[user], mask[user])` with the feed computed once per user (serving: one user's
         history, many candidates): induction [B, P] (one micro-MLP per candidate), feed [U, L, D], mask [U, L],
-        user [B] int64 -> [B, out_dim].
+        user [B] int64 -> [B, out_dim]. per_user: the caller's promise that user is [0] * K + [1] * K + ... (K =
+        per_user candidates each, in user order), which spares the candidates' placement in the padded grid.
 
         The feed's powers are built once per user. Eagerly, the first layer is then one matmul per user for all
         its candidates, [C * L, D] @ [D, K_u * n_out] (candidates padded to the largest K_u), instead of one
@@ -194,16 +196,19 @@ class CoAction(nn.Module):
             return self._layers(h.index_select(0, user), [], params, rows_mask, 0, pool_at, mask_feed, pooled=False)
 
         # slot of each candidate among its user's: K = the most candidates of one user; cell = user * K + slot
-        counts = torch.bincount(user, minlength=U)
-        K = int(counts.max())
-        if U == 1:
-            cell = torch.arange(B, device=user.device)
+        if per_user is not None and per_user * U == B:  # the grid is the candidates as they are
+            K, cell = per_user, None
+        elif U == 1:
+            K, cell = B, None
         else:
+            counts = torch.bincount(user, minlength=U)
+            K = int(counts.max())
             order = torch.argsort(user, stable=True)
             starts = counts.cumsum(0) - counts
             cell = torch.empty_like(user)
             cell[order] = user[order] * K + torch.arange(B, device=user.device) - starts[user[order]]
-        grid = params.new_zeros(U * K, blocks, self.block_dim).index_copy_(0, cell, params[:, :, 0])  # padded
+        grid = params[:, :, 0] if cell is None else \
+            params.new_zeros(U * K, blocks, self.block_dim).index_copy_(0, cell, params[:, :, 0])  # padded
         C, D, n_out = cfg.orders, self.feed_dim, cfg.layers[0][1]
         w = grid[..., : D * n_out].reshape(U, K, blocks, D, n_out)  # row-major, as in forward
         if blocks == 1:  # [U, C * L, D] @ [U, D, K * n_out]: every candidate's first layer in one matmul
@@ -221,7 +226,7 @@ class CoAction(nn.Module):
             y = y.transpose(1, 2).reshape(U * K, C, 1, n_out)
         else:  # [U, C, L, K, n] -> [U * K, C, L, n]
             y = y.permute(0, 3, 1, 2, 4).reshape(U * K, C, L, n_out)
-        y = y.index_select(0, cell)  # [B, C, 1 or L, n_out]
+        y = y if cell is None else y.index_select(0, cell)  # [B, C, 1 or L, n_out]
         return self._layers(y, [y] if cfg.layer_outputs == "concat" else [], params, rows_mask, 1, pool_at,
                             mask_feed, pooled=pool_at == 1)
 

@@ -203,7 +203,9 @@ class CoActionBlock(nn.Module):
             args = (torch.cat(ind_parts), torch.cat(feed_parts), torch.cat(masks))
             if shared[0]:  # the users stacked likewise: pair j's candidates read users j*U ...
                 U = feed_parts[0].shape[0]
-                out = self.unit.shared_forward(*args, torch.cat([user + j * U for j in range(n)]))
+                # one user (a single request): pair j's candidates are the stack's j-th user's, B of them each
+                out = self.unit.shared_forward(*args, torch.cat([user + j * U for j in range(n)]),
+                                               per_user=B if U == 1 else None)
             else:
                 out = self.unit(*args)
             return out.view(n, B, -1).transpose(0, 1).reshape(B, -1)
