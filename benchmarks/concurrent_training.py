@@ -53,7 +53,7 @@ def worker(data: str, model_name: str, batch_size: int, threads: int | None, sec
     if os.environ.get("CANCTR_LATE_WAIT_POLICY"):  # libgomp was loaded with torch above
         os.environ["OMP_WAIT_POLICY"] = os.environ["CANCTR_LATE_WAIT_POLICY"]
 
-    from canctr.bench import _cycle
+    from canctr.bench import cycled, timed_steps
     from canctr.data.batch import BatchLoader, load_split
     from canctr.data.schema import Schema
     from canctr.memory import keep_freed_memory
@@ -70,9 +70,8 @@ def worker(data: str, model_name: str, batch_size: int, threads: int | None, sec
     opt = make_optimizer(model, 1e-3)
     loader = BatchLoader(load_split(data, "train", schema.spec), schema.spec, batch_size=batch_size, shuffle=True,
                          seed=0, max_len=100, bucket=20, drop_last=True, negatives=negative_groups(model))
-    batches = _cycle(loader)
-    for _ in range(30):
-        train_step(model, next(batches), opt)
+    batches = cycled(loader)
+    timed_steps(model, batches, opt, 30)  # warm-up
     print("ready", flush=True)
     sys.stdin.readline()  # the parent's start signal
     steps, t0 = 0, time.perf_counter()

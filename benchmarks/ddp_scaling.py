@@ -39,6 +39,7 @@ def worker(a: argparse.Namespace) -> int:
     """One cell, in every rank of the job (or alone): time --steps training steps."""
     import torch
 
+    from canctr.bench import cycled, timed_steps
     from canctr.data.batch import BatchLoader, load_split
     from canctr.data.schema import Schema
     from canctr.memory import keep_freed_memory
@@ -46,7 +47,6 @@ def worker(a: argparse.Namespace) -> int:
     from canctr.models.base import negative_groups
     from canctr.threads import set_threads
     from canctr.train import distributed
-    from canctr.train.loop import train_step
     from canctr.train.optim import make_optimizer
 
     keep_freed_memory()
@@ -60,15 +60,9 @@ def worker(a: argparse.Namespace) -> int:
                          batch_size=ddp.per_rank_batch(a.batch_size), shuffle=True, seed=0, max_len=100, bucket=20,
                          drop_last=True, negatives=negative_groups(model), rank=ddp.rank, world_size=ddp.world_size)
     train_model = ddp.wrap(model)
-    batches = (b for epoch in range(1 << 30) for b in loader.iter_epoch(epoch))  # the epochs, cycled
-    for _ in range(a.warmup):
-        train_step(train_model, next(batches), opt)
-    ddp.barrier()
-    t0 = time.perf_counter()
-    for _ in range(a.steps):
-        train_step(train_model, next(batches), opt)
-    ddp.barrier()
-    seconds = time.perf_counter() - t0
+    batches = cycled(loader)
+    timed_steps(train_model, batches, opt, a.warmup)
+    seconds = timed_steps(train_model, batches, opt, a.steps, sync=ddp.barrier)
     if ddp.is_main:
         Path(a.result).write_text(json.dumps({
             "seconds": seconds, "samples_per_second": a.steps * a.batch_size / seconds,

@@ -49,6 +49,7 @@ def worker(a: argparse.Namespace) -> int:
     """One cell, in every rank of the job (or alone)."""
     import torch
 
+    from canctr.bench import cycled, timed_steps
     from canctr.data.batch import BatchLoader, load_split
     from canctr.data.schema import Schema
     from canctr.layers.embedding import deferred_tables
@@ -56,7 +57,7 @@ def worker(a: argparse.Namespace) -> int:
     from canctr.models import create_model
     from canctr.threads import set_threads
     from canctr.train import distributed
-    from canctr.train.loop import evaluate, train_step
+    from canctr.train.loop import evaluate
     from canctr.train.optim import make_optimizer
 
     keep_freed_memory()
@@ -89,17 +90,11 @@ def worker(a: argparse.Namespace) -> int:
                          bucket=20, drop_last=True, rank=ddp.rank, world_size=ddp.world_size)
     test = BatchLoader(load_split(a.data, "test", schema.spec), schema.spec, batch_size=1024, shuffle=False)
     train_model = ddp.wrap(model)
-    batches = (b for epoch in range(1 << 30) for b in loader.iter_epoch(epoch))
-    for _ in range(a.warmup):
-        train_step(train_model, next(batches), opt)
+    batches = cycled(loader)
+    timed_steps(train_model, batches, opt, a.warmup)
     # the first steps allocate the optimizer state (Adagrad's sums on the plain path): measured after them
     rss_setup = _rss_mb()
-    ddp.barrier()
-    t0 = time.perf_counter()
-    for _ in range(a.steps):
-        train_step(train_model, next(batches), opt)
-    ddp.barrier()
-    seconds = time.perf_counter() - t0
+    seconds = timed_steps(train_model, batches, opt, a.steps, sync=ddp.barrier)
     peak_train = _peak_mb()
     metrics = ddp.evaluate(model, test, lockstep=True) if ddp.enabled else evaluate(model, test)
     own = {"rank": ddp.rank, "peak_rss_mb": _peak_mb(), "peak_rss_training_mb": peak_train,

@@ -21,7 +21,7 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,25 +92,34 @@ def train_cell(data: str, model_name: str, batch_size: int, device: str, warmup:
     loader = BatchLoader(load_split(data, "train", schema.spec), schema.spec, batch_size=batch_size, shuffle=True,
                          seed=seed, device=dev, max_len=100, bucket=20, drop_last=True,
                          negatives=negative_groups(model))
-    batches = iter(_cycle(loader))
-    for _ in range(warmup):
-        train_step(model, next(batches), opt)
-    _sync(dev)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        train_step(model, next(batches), opt)
-    _sync(dev)
-    seconds = time.perf_counter() - t0
+    batches = cycled(loader)
+    timed_steps(model, batches, opt, warmup)
+    seconds = timed_steps(model, batches, opt, steps, sync=lambda: _sync(dev))
     return {"model": model_name, "batch_size": batch_size, "steps": steps, "seconds": seconds,
             "samples_per_second": steps * batch_size / seconds, "step_ms": 1000 * seconds / steps,
             "peak_memory_mb": _peak_memory_mb(dev), "n_params": sum(p.numel() for p in model.parameters())}
 
 
-def _cycle(loader: BatchLoader):
+def cycled(loader: BatchLoader) -> Iterator[Batch]:
+    """The loader's epochs one after another, without end (epoch 0, 1, ...: each its own shuffle)."""
     epoch = 0
     while True:
         yield from loader.iter_epoch(epoch)
         epoch += 1
+
+
+def timed_steps(model: torch.nn.Module, batches: Iterator[Batch], optimizer: torch.optim.Optimizer, steps: int, *,
+                sync: Callable[[], None] | None = None) -> float:
+    """Seconds taken by `steps` training steps on the next batches; `sync` (a CUDA synchronize, a DDP barrier)
+    runs before the clock starts and before it stops. A warm-up is the same call with its result ignored."""
+    if sync is not None:
+        sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        train_step(model, next(batches), optimizer)
+    if sync is not None:
+        sync()
+    return time.perf_counter() - t0
 
 
 def training_batches(data: str | Path, batch_size: int, n: int, *, bucket: int = 20, seed: int = 0,
@@ -122,7 +131,7 @@ def training_batches(data: str | Path, batch_size: int, n: int, *, bucket: int =
     spec = Schema.load(data).spec
     loader = BatchLoader(load_split(data, "train", spec), spec, batch_size=batch_size, shuffle=True, seed=seed,
                          max_len=max_len, bucket=bucket, drop_last=True, device=device, negatives=negatives)
-    return list(itertools.islice(_cycle(loader), n))
+    return list(itertools.islice(cycled(loader), n))
 
 
 def request_batch(loader: BatchLoader, row: int, candidates: dict[str, np.ndarray], device: torch.device) -> Batch:
