@@ -146,11 +146,9 @@ def main() -> int:
                   "| model | untuned ms/step | after / untuned speed-up | untuned faults |", "|---|---|---|---|"]
         lines += [f"| {r['model']} | {r['untuned_ms']:.2f} | {r['untuned_ms'] / r['after_ms']:.2f}× "
                   f"| {r['untuned_faults_per_step']:.0f} |" for r in rows]
-    print("\n".join(lines))
-    if a.out:
-        from canctr.bench import write_results
+    from canctr.bench import publish
 
-        write_results(a.out, {"meta": meta, "rows": rows}, "\n".join(lines))
+    publish(a.out, {"meta": meta, "rows": rows}, "\n".join(lines))
     return 0
 
 

@@ -99,11 +99,9 @@ def main() -> int:
     lines += [f"| {r['data']} | {r['model']} | {r['batch_size']} | {r['train_ms_python']:.1f} "
               f"| {r['train_ms_compiled']:.1f} | {r['train_speedup']:.2f}x | {r['score_ms_python']:.2f} "
               f"| {r['score_ms_compiled']:.2f} | {r['score_speedup']:.2f}x |" for r in rows]
-    print("\n".join(lines))
-    if a.out:
-        from canctr.bench import write_results
+    from canctr.bench import publish
 
-        write_results(a.out, {"meta": meta, "rows": rows}, "\n".join(lines))
+    publish(a.out, {"meta": meta, "rows": rows}, "\n".join(lines))
     return 0
 
 

@@ -87,11 +87,9 @@ def main() -> int:
     for r in rows:
         t, o = r.get("torch_rows_per_second", float("nan")), r.get("onnx_rows_per_second", float("nan"))
         lines.append(f"| {r['model']} | {t:,.0f} | {o:,.0f} | {o / t:.2f}x | {r['max_abs_diff']:.1e} |")
-    print("\n".join(lines))
-    if a.out:
-        from canctr.bench import write_results
+    from canctr.bench import publish
 
-        write_results(a.out, {"meta": meta, "rows": rows}, "\n".join(lines))
+    publish(a.out, {"meta": meta, "rows": rows}, "\n".join(lines))
     return 0
 
 

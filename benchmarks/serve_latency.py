@@ -157,11 +157,9 @@ def main() -> int:
               f"torch.tanh {kernel['torch_us']:.0f}, numpy tanh (`canctr.layers.inference.tanh_`, used without "
               f"gradients) {kernel['numpy_us']:.0f}: {kernel['torch_us'] / kernel['numpy_us']:.1f}x; max abs "
               f"difference to float64 tanh {kernel['torch_err']:.1e} / {kernel['numpy_err']:.1e}."]
-    print("\n".join(lines))
-    if a.out:
-        from canctr.bench import write_results
+    from canctr.bench import publish
 
-        write_results(a.out, {"meta": meta, "rows": rows}, "\n".join(lines))
+    publish(a.out, {"meta": meta, "rows": rows}, "\n".join(lines))
     return 0
 
 

@@ -115,11 +115,9 @@ def main() -> int:
              "|---|---|---|---|---|---|"]
     lines += [f"| {r['data']} | {r['samples']:,} | {r['disk_mb']:,.0f} | {r['peak_rss_mb']:,.0f} "
               f"| {r['peak_rss_anon_mb']:,.0f} | {r['samples_per_second']:,.0f} |" for r in rows]
-    print("\n".join(lines))
-    if a.out:
-        from canctr.bench import write_results
+    from canctr.bench import publish
 
-        write_results(a.out, {"meta": meta, "rows": rows}, "\n".join(lines))
+    publish(a.out, {"meta": meta, "rows": rows}, "\n".join(lines))
     return 0
 
 

@@ -368,3 +368,10 @@ def write_results(stem: str | Path, data: dict[str, Any], markdown: str) -> None
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n")
     stem.with_suffix(".md").write_text(markdown.rstrip("\n") + "\n")
+
+
+def publish(stem: str | Path | None, data: dict[str, Any], markdown: str) -> None:
+    """Print a benchmark's markdown and, given a stem (--out), record it there (`write_results`)."""
+    print(markdown)
+    if stem:
+        write_results(stem, data, markdown)
