@@ -148,3 +148,13 @@ def test_gru_training_kernels_equal_torch_gru(kernels, monkeypatch: pytest.Monke
             want = (ref_out, *_grads(ref_out, inputs, 2))
         for a, b in zip(got, want, strict=True):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_a_failed_build_falls_back_with_a_warning(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """A source that does not compile (or no compiler at all): one warning naming the cause, None, no exception."""
+    bad = tmp_path / "broken.cpp"
+    bad.write_text("this is not C++\n")
+    monkeypatch.setattr(compiled, "_SOURCES", [bad])
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "extensions"))
+    with pytest.warns(UserWarning, match="compiled CPU kernels unavailable"):
+        assert compiled._build() is None

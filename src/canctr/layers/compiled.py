@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 import warnings
 from pathlib import Path
 
@@ -23,8 +24,16 @@ def enabled() -> bool:
     return os.environ.get("CANCTR_COMPILED", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
+_LOCK = threading.Lock()  # one build per process, whichever thread asks first
+
+
 @functools.cache
 def _load() -> object | None:
+    with _LOCK:
+        return _build()
+
+
+def _build() -> object | None:
     try:
         from torch.utils import cpp_extension
 
@@ -36,7 +45,7 @@ def _load() -> object | None:
     except Exception as e:  # noqa: BLE001 - any build failure: fall back, say why once
         cause = e.__cause__ or e  # torch's "Could not load this library" carries the loader's reason
         reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-        warnings.warn(f"canctr: compiled CPU kernels unavailable ({reason}); using the Python loops", stacklevel=3)
+        warnings.warn(f"canctr: compiled CPU kernels unavailable ({reason}); using the Python loops", stacklevel=4)
         return None
 
 
