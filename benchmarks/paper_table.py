@@ -96,9 +96,10 @@ def main() -> int:
         "|---|---|---|---|---|---|---|---|",
     ]
     for a in summary:
+        x_dnn = "n/a (no dnn run)" if a["params_x_dnn"] is None else f"{a['params_x_dnn']:.1f}"
         lines.append(
             f"| {a['model']} | {a['auc']:.4f} ± {a['auc_std']:.4f} | {a['gauc']:.4f} ± {a['gauc_std']:.4f} | "
-            f"{a['logloss']:.4f} | {a['n_params']:,} | {a['params_x_dnn']:.1f} | "
+            f"{a['logloss']:.4f} | {a['n_params']:,} | {x_dnn} | "
             f"{a['train_samples_per_second']:,.0f} | {a['paper_amazon_books_auc']} |"
         )
     lines += ["", "Per run:", "", "| model | seed | AUC | GAUC | logloss |", "|---|---|---|---|---|"]
