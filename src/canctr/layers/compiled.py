@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import threading
 import warnings
 from pathlib import Path
@@ -39,7 +40,7 @@ def _build() -> object | None:
 
         # -fopenmp: ATen's parallel_for is inline code whose OpenMP pragma must be compiled in; the library then
         # binds to the libgomp torch has loaded (same soname), one thread pool
-        cpp_extension.load("canctr_cpu_kernels", [str(s) for s in _SOURCES], extra_cflags=["-O3", "-fopenmp"],
+        cpp_extension.load(_name(), [str(s) for s in _SOURCES], extra_cflags=["-O3", "-fopenmp"],
                            extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)
         return torch.ops.canctr_cpu
     except Exception as e:  # noqa: BLE001 - any build failure: fall back, say why once
@@ -47,6 +48,12 @@ def _build() -> object | None:
         reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
         warnings.warn(f"canctr: compiled CPU kernels unavailable ({reason}); using the Python loops", stacklevel=4)
         return None
+
+
+def _name() -> str:
+    """The build's name, one per torch version: a library built against another torch's headers is never loaded
+    (torch's own cache key covers the sources and flags, not the torch it was built with)."""
+    return "canctr_cpu_kernels_torch_" + re.sub(r"\W", "_", torch.__version__)
 
 
 def ops() -> object | None:
