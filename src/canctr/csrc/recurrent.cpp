@@ -1,11 +1,12 @@
-// DIEN's two recurrences for inference on the CPU (float32, no autograd), the whole time loop in one call.
+// DIEN's two recurrences on the CPU (float32), the whole time loop in one call: the extractor GRU and the AUGRU,
+// forward for scoring, forward with saved states and backward (BPTT) for training.
 //
-// At scoring size (one user: the extractor GRU at batch 1, the AUGRU at 100 candidates, hidden 36) a time
-// step is a few microseconds of arithmetic, so a Python loop of a dozen tensor calls per step spends most of
-// its time in the calls themselves. Here a step is two ATen calls (the recurrent matmul into a buffer, and
-// the gates' sigmoid, ATen's vectorised kernel) plus plain loops the compiler vectorises; tanh is taken as
-// 2 sigmoid(2z) - 1 (torch's CPU tanh is several times slower than its sigmoid). The Python references are
-// in canctr/layers/sequence.py (`_augru_infer_reference`, torch's nn.GRU); tests hold these to them.
+// At scoring size (one user: the extractor GRU at batch 1, the AUGRU at 100 candidates, hidden 36) and at training
+// batch 128 a time step is a few microseconds of arithmetic, so a Python loop of a dozen tensor calls per step
+// spends most of its time in the calls themselves. Here a step is a direct BLAS call for the recurrent product,
+// ATen's vectorised sigmoid for the gates, and plain loops the compiler vectorises; tanh is taken as
+// 2 sigmoid(2z) - 1 (torch's CPU tanh is several times slower than its sigmoid). The Python references are in
+// canctr/layers/sequence.py (`_augru_infer_reference`, `_AUGRUScan`, torch's nn.GRU); tests hold these to them.
 // Built on first use by torch.utils.cpp_extension (canctr/layers/compiled.py).
 
 #include <ATen/ATen.h>
@@ -55,30 +56,39 @@ void fill_rows(float* out, const float* x, int64_t B, int64_t N, int64_t stride,
 // the whole time loop on its rows (no synchronisation per step); a chunk has at least this many rows.
 constexpr int64_t kRowGrain = 16;
 
-at::Tensor floats(float* p, int64_t rows, int64_t cols) {
-  return at::from_blob(p, {rows, cols}, at::TensorOptions().dtype(at::kFloat));
+// p[rows, cols] <- sigmoid(p) with ATen's vectorised kernel: through `buf` when p is that buffer (the scoring
+// passes), else a tensor over p made here (a slice of a saved tensor; making it costs ~0.2 us a step)
+void sigmoid_rows(at::Tensor& buf, float* p, int64_t rows, int64_t cols) {
+  if (buf.defined()) {
+    buf.sigmoid_();
+  } else {
+    at::from_blob(p, {rows, cols}, at::TensorOptions().dtype(at::kFloat)).sigmoid_();
+  }
 }
 
-// AUGRU (TF GRUCell convention, DIEN's VecAttGRUCell), shapes:
+// AUGRU forward (TF GRUCell convention, DIEN's VecAttGRUCell), shapes:
 //   x_gates [Bx, L, 2H] input part + bias of the reset and update gates, x_cand [Bx, L, H] of the candidate,
 //   Bx = B or 1 (one user's projection shared by its B candidates; a broadcast with row stride 0 is fine);
 //   keep [B, L] the part of the update gate that survives (1 - a code form, a paper form);
 //   valid [B, L] bool or None (every row valid up to `steps`); w_gates_t [H, 2H], w_cand_t [H, H].
 // Per step: r, u = sigmoid(x_g + h W_g); c = tanh(x_c + (r h) W_c); ue = u keep;
 //   code: h' = c + ue (h - c); paper: h' = h + ue (c - h); h = h' where valid.
-// Returns the state after `steps` steps, [B, H].
-at::Tensor augru_infer(const at::Tensor& x_gates, const at::Tensor& x_cand, const at::Tensor& keep,
-                       const c10::optional<at::Tensor>& valid, const at::Tensor& w_gates_t,
-                       const at::Tensor& w_cand_t, bool paper, int64_t steps) {
+// Returns the state after `steps` steps [B, H] and, with `save` (training), what the backward needs,
+// time-major [steps, B, .]: hs (the state before each step), gs (r | u), cs (the tanh candidate); without,
+// the gates and the candidate live in one buffer per thread and the three are undefined.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> augru_forward(
+    const at::Tensor& x_gates, const at::Tensor& x_cand, const at::Tensor& keep,
+    const c10::optional<at::Tensor>& valid, const at::Tensor& w_gates_t, const at::Tensor& w_cand_t, bool paper,
+    int64_t steps, bool save) {
   check_cpu_float(x_gates, "x_gates");
   check_cpu_float(x_cand, "x_cand");
   const int64_t B = keep.size(0), L = keep.size(1), H = w_cand_t.size(0);
   TORCH_CHECK(x_gates.size(-1) == 2 * H && x_cand.size(-1) == H && w_gates_t.size(1) == 2 * H,
-              "augru_infer: widths do not match the hidden size ", H);
+              "augru: widths do not match the hidden size ", H);
   TORCH_CHECK(x_gates.size(0) == x_cand.size(0) && (x_gates.size(0) == B || x_gates.size(0) == 1),
-              "augru_infer: x_gates / x_cand need ", B, " rows or 1");
+              "augru: x_gates / x_cand need ", B, " rows or 1");
   TORCH_CHECK(steps <= L && x_gates.size(1) >= steps && x_cand.size(1) >= steps,
-              "augru_infer: steps ", steps, " > history length ", L);
+              "augru: steps ", steps, " > history length ", L);
   const at::Tensor xg = x_gates.stride(2) == 1 ? x_gates : x_gates.contiguous();  // only the feature dim dense
   const at::Tensor xc = x_cand.stride(2) == 1 ? x_cand : x_cand.contiguous();
   const bool shared = xg.size(0) == 1 || (xg.stride(0) == 0 && xc.stride(0) == 0);
@@ -86,7 +96,13 @@ at::Tensor augru_infer(const at::Tensor& x_gates, const at::Tensor& x_cand, cons
   const bool masked = valid.has_value() && valid->defined();
   const at::Tensor v = masked ? valid->to(at::kBool).contiguous() : at::Tensor();
   const at::Tensor wg = w_gates_t.contiguous(), wc = w_cand_t.contiguous();
-  at::Tensor h = at::zeros({B, H}, x_cand.options());
+  const auto opt = x_cand.options();
+  at::Tensor h = at::zeros({B, H}, opt), hs, gs, cs;
+  if (save) {
+    hs = at::empty({steps, B, H}, opt);
+    gs = at::empty({steps, B, 2 * H}, opt);
+    cs = at::empty({steps, B, H}, opt);
+  }
   const float *xgp = xg.data_ptr<float>(), *xcp = xc.data_ptr<float>(), *kp = k.data_ptr<float>();
   const float *wgp = wg.data_ptr<float>(), *wcp = wc.data_ptr<float>();
   const bool* vp = masked ? v.data_ptr<bool>() : nullptr;
@@ -94,172 +110,153 @@ at::Tensor augru_infer(const at::Tensor& x_gates, const at::Tensor& x_cand, cons
 
   at::parallel_for(0, B, kRowGrain, [&](int64_t b0, int64_t b1) {
     const int64_t n = b1 - b0;
-    at::Tensor g = at::empty({n, 2 * H}, x_cand.options());  // [r | u]
-    at::Tensor rh = at::empty({n, H}, x_cand.options());
-    at::Tensor c = at::empty({n, H}, x_cand.options());
-    float *gp = g.data_ptr<float>(), *rp = rh.data_ptr<float>(), *cp = c.data_ptr<float>();
-    float* hp = h_all + b0 * H;
-    const float* xg0 = xgp + (shared ? 0 : b0 * xg.stride(0));
-    const float* xc0 = xcp + (shared ? 0 : b0 * xc.stride(0));
-    for (int64_t t = 0; t < steps; ++t) {
-      fill_rows(gp, xg0 + t * xg.stride(1), n, 2 * H, xg.stride(0), shared);
-      gemm_rows(n, 2 * H, H, 1.0f, hp, wgp, 1.0f, gp);  // x_g + h W_g
-      g.sigmoid_();
-      for (int64_t b = 0; b < n; ++b) {
-        const float* r = gp + b * 2 * H;
-        const float* hb = hp + b * H;
-        float* o = rp + b * H;
-        for (int64_t j = 0; j < H; ++j) o[j] = r[j] * hb[j];
-      }
-      fill_rows(cp, xc0 + t * xc.stride(1), n, H, xc.stride(0), shared);
-      gemm_rows(n, H, H, 2.0f, rp, wcp, 2.0f, cp);  // 2 z = 2 (x_c + (r h) W_c)
-      c.sigmoid_();                                  // tanh(z) = 2 sigmoid(2 z) - 1
-      for (int64_t b = 0; b < n; ++b) {
-        const int64_t at_t = (b0 + b) * L + t;
-        if (vp != nullptr && !vp[at_t]) continue;  // a padded position leaves the state as it is
-        const float* u = gp + b * 2 * H + H;
-        const float* cb = cp + b * H;
-        float* hb = hp + b * H;
-        const float kb = kp[at_t];
-        if (paper) {
-          for (int64_t j = 0; j < H; ++j) {
-            const float cc = 2.0f * cb[j] - 1.0f;
-            hb[j] = hb[j] + u[j] * kb * (cc - hb[j]);
-          }
-        } else {
-          for (int64_t j = 0; j < H; ++j) {
-            const float cc = 2.0f * cb[j] - 1.0f;
-            hb[j] = cc + u[j] * kb * (hb[j] - cc);
-          }
-        }
-      }
+    at::Tensor g_buf, c_buf;  // a step's gates and candidate when nothing is saved
+    if (!save) {
+      g_buf = at::empty({n, 2 * H}, opt);
+      c_buf = at::empty({n, H}, opt);
     }
-  });
-  return h;
-}
-
-// One layer of torch's GRU from a zero state (gate order r, z, n; the reset gate applied after the
-// recurrent matmul), shapes: x_proj [B, L, 3H] = x W_ih^T + b_ih, w_hh_t [H, 3H], b_hh [3H].
-//   r, z = sigmoid(x_rz + h W_rz + b_rz); n = tanh(x_n + r (h W_n + b_n)); h' = n + z (h - n).
-// Returns the states [B, L, H] of the first `steps` positions, zeros after them.
-at::Tensor gru_infer(const at::Tensor& x_proj, const at::Tensor& w_hh_t, const at::Tensor& b_hh, int64_t steps) {
-  check_cpu_float(x_proj, "x_proj");
-  const int64_t B = x_proj.size(0), L = x_proj.size(1), H = w_hh_t.size(0);
-  TORCH_CHECK(x_proj.size(2) == 3 * H && w_hh_t.size(1) == 3 * H && b_hh.numel() == 3 * H,
-              "gru_infer: widths do not match the hidden size ", H);
-  TORCH_CHECK(steps <= L, "gru_infer: steps ", steps, " > sequence length ", L);
-  const at::Tensor xp = x_proj.contiguous();
-  const at::Tensor w = w_hh_t.contiguous(), bias = b_hh.contiguous();
-  at::Tensor states = at::zeros({B, L, H}, x_proj.options());
-  const float *xpp = xp.data_ptr<float>(), *wp = w.data_ptr<float>(), *bp = bias.data_ptr<float>();
-  float* s_all = states.data_ptr<float>();
-
-  at::parallel_for(0, B, kRowGrain, [&](int64_t b0, int64_t b1) {
-    const int64_t n = b1 - b0;
-    at::Tensor h = at::zeros({n, H}, x_proj.options());
-    at::Tensor gh = at::empty({n, 3 * H}, x_proj.options());
-    at::Tensor rz = at::empty({n, 2 * H}, x_proj.options());
-    at::Tensor nt = at::empty({n, H}, x_proj.options());
-    float *hp = h.data_ptr<float>(), *ghp = gh.data_ptr<float>(), *rzp = rz.data_ptr<float>();
-    float* np_ = nt.data_ptr<float>();
-    for (int64_t t = 0; t < steps; ++t) {
-      fill_rows(ghp, bp, n, 3 * H, 0, true);
-      gemm_rows(n, 3 * H, H, 1.0f, hp, wp, 1.0f, ghp);  // b_hh + h W_hh^T
-      for (int64_t b = 0; b < n; ++b) {
-        const float* x = xpp + ((b0 + b) * L + t) * 3 * H;
-        const float* y = ghp + b * 3 * H;
-        float* o = rzp + b * 2 * H;
-        for (int64_t j = 0; j < 2 * H; ++j) o[j] = x[j] + y[j];
-      }
-      rz.sigmoid_();
-      for (int64_t b = 0; b < n; ++b) {
-        const float* x = xpp + ((b0 + b) * L + t) * 3 * H + 2 * H;
-        const float* y = ghp + b * 3 * H + 2 * H;
-        const float* r = rzp + b * 2 * H;
-        float* o = np_ + b * H;
-        for (int64_t j = 0; j < H; ++j) o[j] = 2.0f * (x[j] + r[j] * y[j]);
-      }
-      nt.sigmoid_();  // tanh(z) = 2 sigmoid(2 z) - 1
-      for (int64_t b = 0; b < n; ++b) {
-        const float* z = rzp + b * 2 * H + H;
-        const float* nb = np_ + b * H;
-        float* hb = hp + b * H;
-        float* s = s_all + ((b0 + b) * L + t) * H;
-        for (int64_t j = 0; j < H; ++j) {
-          const float nn = 2.0f * nb[j] - 1.0f;
-          hb[j] = nn + z[j] * (hb[j] - nn);
-          s[j] = hb[j];
-        }
-      }
-    }
-  });
-  return states;
-}
-
-// ---- training: forward passes that keep what the backward needs, and the backward passes (BPTT) ----
-// Saved tensors are time-major ([steps, B, .]) so that a chunk's rows at one step are one dense block; the
-// recurrent weights' gradients are left to one matmul over every (step, row) in Python.
-
-// AUGRU forward for training: as `augru_infer` (valid required, w_gates [2H, H] and w_cand [H, H] in nn.Linear
-// layout), also returning hs (the state before each step), gs (r | u) and cs (tanh candidate), [steps, B, .].
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> augru_train_forward(
-    const at::Tensor& x_gates, const at::Tensor& x_cand, const at::Tensor& keep, const at::Tensor& valid,
-    const at::Tensor& w_gates, const at::Tensor& w_cand, bool paper, int64_t steps) {
-  check_cpu_float(x_gates, "x_gates");
-  check_cpu_float(x_cand, "x_cand");
-  const int64_t B = keep.size(0), L = keep.size(1), H = w_cand.size(0);
-  TORCH_CHECK(x_gates.size(0) == B && x_cand.size(0) == B && x_gates.size(-1) == 2 * H && x_cand.size(-1) == H &&
-              w_gates.size(0) == 2 * H && steps <= L && x_gates.size(1) >= steps && x_cand.size(1) >= steps,
-              "augru_train_forward: shapes do not match");
-  const at::Tensor xg = x_gates.stride(2) == 1 ? x_gates : x_gates.contiguous();
-  const at::Tensor xc = x_cand.stride(2) == 1 ? x_cand : x_cand.contiguous();
-  const at::Tensor k = keep.contiguous(), v = valid.to(at::kBool).contiguous();
-  const at::Tensor wg_t = w_gates.t().contiguous(), wc_t = w_cand.t().contiguous();
-  const auto opt = x_cand.options();
-  at::Tensor h = at::zeros({B, H}, opt);
-  at::Tensor hs = at::empty({steps, B, H}, opt), gs = at::empty({steps, B, 2 * H}, opt);
-  at::Tensor cs = at::empty({steps, B, H}, opt);
-  const float *xgp = xg.data_ptr<float>(), *xcp = xc.data_ptr<float>(), *kp = k.data_ptr<float>();
-  const float *wgp = wg_t.data_ptr<float>(), *wcp = wc_t.data_ptr<float>();
-  const bool* vp = v.data_ptr<bool>();
-  float *h_all = h.data_ptr<float>(), *hs_all = hs.data_ptr<float>(), *gs_all = gs.data_ptr<float>();
-  float* cs_all = cs.data_ptr<float>();
-
-  at::parallel_for(0, B, kRowGrain, [&](int64_t b0, int64_t b1) {
-    const int64_t n = b1 - b0;
     at::Tensor rh = at::empty({n, H}, opt);
     float* rp = rh.data_ptr<float>();
     float* hp = h_all + b0 * H;
+    const float* xg0 = xgp + (shared ? 0 : b0 * xg.stride(0));
+    const float* xc0 = xcp + (shared ? 0 : b0 * xc.stride(0));
+    // saved: this chunk's rows at step 0, one step further on every step; else the same buffer each step
+    float* g0 = save ? gs.data_ptr<float>() + b0 * 2 * H : g_buf.data_ptr<float>();
+    float* c0 = save ? cs.data_ptr<float>() + b0 * H : c_buf.data_ptr<float>();
+    float* hs0 = save ? hs.data_ptr<float>() + b0 * H : nullptr;
+    const int64_t g_step = save ? B * 2 * H : 0, c_step = save ? B * H : 0;
     for (int64_t t = 0; t < steps; ++t) {
-      float* hsp = hs_all + (t * B + b0) * H;
-      float* gp = gs_all + (t * B + b0) * 2 * H;
-      float* cp = cs_all + (t * B + b0) * H;
-      for (int64_t i = 0; i < n * H; ++i) hsp[i] = hp[i];
-      fill_rows(gp, xgp + b0 * xg.stride(0) + t * xg.stride(1), n, 2 * H, xg.stride(0), false);
-      gemm_rows(n, 2 * H, H, 1.0f, hp, wgp, 1.0f, gp);
-      floats(gp, n, 2 * H).sigmoid_();
+      float* gp = g0 + t * g_step;
+      float* cp = c0 + t * c_step;
+      if (save) {
+        float* hsp = hs0 + t * B * H;
+        for (int64_t i = 0; i < n * H; ++i) hsp[i] = hp[i];
+      }
+      fill_rows(gp, xg0 + t * xg.stride(1), n, 2 * H, xg.stride(0), shared);
+      gemm_rows(n, 2 * H, H, 1.0f, hp, wgp, 1.0f, gp);  // x_g + h W_g
+      sigmoid_rows(g_buf, gp, n, 2 * H);
       for (int64_t b = 0; b < n; ++b)
         for (int64_t j = 0; j < H; ++j) rp[b * H + j] = gp[b * 2 * H + j] * hp[b * H + j];
-      fill_rows(cp, xcp + b0 * xc.stride(0) + t * xc.stride(1), n, H, xc.stride(0), false);
-      gemm_rows(n, H, H, 2.0f, rp, wcp, 2.0f, cp);
-      floats(cp, n, H).sigmoid_();
+      fill_rows(cp, xc0 + t * xc.stride(1), n, H, xc.stride(0), shared);
+      gemm_rows(n, H, H, 2.0f, rp, wcp, 2.0f, cp);  // 2 z = 2 (x_c + (r h) W_c)
+      sigmoid_rows(c_buf, cp, n, H);                 // tanh(z) = 2 sigmoid(2 z) - 1
       for (int64_t b = 0; b < n; ++b) {
         const int64_t at_t = (b0 + b) * L + t;
-        const float* u = gp + b * 2 * H + H;
         float* cb = cp + b * H;
+        for (int64_t j = 0; j < H; ++j) cb[j] = 2.0f * cb[j] - 1.0f;
+        if (vp != nullptr && !vp[at_t]) continue;  // a padded position leaves the state as it is
+        const float* u = gp + b * 2 * H + H;
         float* hb = hp + b * H;
         const float kb = kp[at_t];
-        const bool on = vp[at_t];
-        for (int64_t j = 0; j < H; ++j) {
-          const float cc = 2.0f * cb[j] - 1.0f;
-          cb[j] = cc;
-          if (on) hb[j] = paper ? hb[j] + u[j] * kb * (cc - hb[j]) : cc + u[j] * kb * (hb[j] - cc);
+        if (paper) {
+          for (int64_t j = 0; j < H; ++j) hb[j] = hb[j] + u[j] * kb * (cb[j] - hb[j]);
+        } else {
+          for (int64_t j = 0; j < H; ++j) hb[j] = cb[j] + u[j] * kb * (hb[j] - cb[j]);
         }
       }
     }
   });
   return {h, hs, gs, cs};
 }
+
+at::Tensor augru_infer(const at::Tensor& x_gates, const at::Tensor& x_cand, const at::Tensor& keep,
+                       const c10::optional<at::Tensor>& valid, const at::Tensor& w_gates_t,
+                       const at::Tensor& w_cand_t, bool paper, int64_t steps) {
+  return std::get<0>(augru_forward(x_gates, x_cand, keep, valid, w_gates_t, w_cand_t, paper, steps, false));
+}
+
+// w_gates [2H, H] and w_cand [H, H] in nn.Linear layout, as the backward takes them
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> augru_train_forward(
+    const at::Tensor& x_gates, const at::Tensor& x_cand, const at::Tensor& keep, const at::Tensor& valid,
+    const at::Tensor& w_gates, const at::Tensor& w_cand, bool paper, int64_t steps) {
+  return augru_forward(x_gates, x_cand, keep, valid, w_gates.t(), w_cand.t(), paper, steps, true);
+}
+
+// One layer of torch's GRU from a zero state (gate order r, z, n; the reset gate applied after the
+// recurrent matmul), shapes: x_proj [B, L, 3H] = x W_ih^T + b_ih, w_hh_t [H, 3H], b_hh [3H].
+//   r, z = sigmoid(x_rz + h W_rz + b_rz); n = tanh(x_n + r (h W_n + b_n)); h' = n + z (h - n).
+// Returns the states [L, B, H], time-major (zeros at steps >= `steps`), and with `save` (training) per step rz
+// (after the sigmoid), n (after the tanh) and the recurrent part of n before the reset gate, ghn:
+// [steps, B, .]; without, those live in one buffer per thread and are undefined.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_forward(
+    const at::Tensor& x_proj, const at::Tensor& w_hh_t, const at::Tensor& b_hh, int64_t steps, bool save) {
+  check_cpu_float(x_proj, "x_proj");
+  const int64_t B = x_proj.size(0), L = x_proj.size(1), H = w_hh_t.size(0);
+  TORCH_CHECK(x_proj.size(2) == 3 * H && w_hh_t.size(1) == 3 * H && b_hh.numel() == 3 * H,
+              "gru: widths do not match the hidden size ", H);
+  TORCH_CHECK(steps <= L, "gru: steps ", steps, " > sequence length ", L);
+  const at::Tensor xp = x_proj.contiguous(), w = w_hh_t.contiguous(), bias = b_hh.contiguous();
+  const auto opt = x_proj.options();
+  at::Tensor states = at::zeros({L, B, H}, opt), rz, nn_, ghn;
+  if (save) {
+    rz = at::empty({steps, B, 2 * H}, opt);
+    nn_ = at::empty({steps, B, H}, opt);
+    ghn = at::empty({steps, B, H}, opt);
+  }
+  const float *xpp = xp.data_ptr<float>(), *wp = w.data_ptr<float>(), *bp = bias.data_ptr<float>();
+  float* s_all = states.data_ptr<float>();
+
+  at::parallel_for(0, B, kRowGrain, [&](int64_t b0, int64_t b1) {
+    const int64_t n = b1 - b0;
+    at::Tensor h0 = at::zeros({n, H}, opt), gh_t = at::empty({n, 3 * H}, opt), rz_buf, n_buf;
+    if (!save) {
+      rz_buf = at::empty({n, 2 * H}, opt);
+      n_buf = at::empty({n, H}, opt);
+    }
+    float* gh = gh_t.data_ptr<float>();
+    const float* hp = h0.data_ptr<float>();  // the previous state: zeros, then the states written
+    float* rz0 = save ? rz.data_ptr<float>() + b0 * 2 * H : rz_buf.data_ptr<float>();
+    float* n0 = save ? nn_.data_ptr<float>() + b0 * H : n_buf.data_ptr<float>();
+    float* ghn0 = save ? ghn.data_ptr<float>() + b0 * H : nullptr;
+    const int64_t rz_step = save ? B * 2 * H : 0, n_step = save ? B * H : 0;
+    for (int64_t t = 0; t < steps; ++t) {
+      float* rzp = rz0 + t * rz_step;
+      float* np_ = n0 + t * n_step;
+      float* sp = s_all + (t * B + b0) * H;
+      fill_rows(gh, bp, n, 3 * H, 0, true);
+      gemm_rows(n, 3 * H, H, 1.0f, hp, wp, 1.0f, gh);  // b_hh + h W_hh^T
+      for (int64_t b = 0; b < n; ++b) {
+        const float* x = xpp + ((b0 + b) * L + t) * 3 * H;
+        for (int64_t j = 0; j < 2 * H; ++j) rzp[b * 2 * H + j] = x[j] + gh[b * 3 * H + j];
+      }
+      sigmoid_rows(rz_buf, rzp, n, 2 * H);
+      for (int64_t b = 0; b < n; ++b) {
+        const float* x = xpp + ((b0 + b) * L + t) * 3 * H + 2 * H;
+        for (int64_t j = 0; j < H; ++j) np_[b * H + j] = 2.0f * (x[j] + rzp[b * 2 * H + j] * gh[b * 3 * H + 2 * H + j]);
+      }
+      if (save) {
+        float* gnp = ghn0 + t * B * H;
+        for (int64_t b = 0; b < n; ++b)
+          for (int64_t j = 0; j < H; ++j) gnp[b * H + j] = gh[b * 3 * H + 2 * H + j];
+      }
+      sigmoid_rows(n_buf, np_, n, H);  // tanh(z) = 2 sigmoid(2 z) - 1
+      for (int64_t b = 0; b < n; ++b)
+        for (int64_t j = 0; j < H; ++j) {
+          const int64_t i = b * H + j;
+          const float nv = 2.0f * np_[i] - 1.0f, z = rzp[b * 2 * H + H + j];
+          np_[i] = nv;
+          sp[i] = nv + z * (hp[i] - nv);
+        }
+      hp = sp;
+    }
+  });
+  return {states, rz, nn_, ghn};
+}
+
+// the states [B, L, H], batch-major as the model reads them
+at::Tensor gru_infer(const at::Tensor& x_proj, const at::Tensor& w_hh_t, const at::Tensor& b_hh, int64_t steps) {
+  return std::get<0>(gru_forward(x_proj, w_hh_t, b_hh, steps, false)).transpose(0, 1).contiguous();
+}
+
+// w_hh [3H, H] in nn.GRU's layout, as the backward takes it
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_train_forward(
+    const at::Tensor& x_proj, const at::Tensor& w_hh, const at::Tensor& b_hh, int64_t steps) {
+  return gru_forward(x_proj, w_hh.t(), b_hh, steps, true);
+}
+
+// ---- training: the backward passes (BPTT) of the forward passes above run with `save` ----
+// Saved tensors are time-major ([steps, B, .]) so that a chunk's rows at one step are one dense block; the
+// recurrent weights' gradients are left to one matmul over every (step, row) in Python.
 
 // AUGRU backward: grad_h [B, H] and the saved tensors -> d_gates [L, B, 2H] (the input part of r, u before the
 // sigmoid), d_cand [L, B, H] (of c before the tanh), d_keep [L, B]; zeros at steps >= `steps`.
@@ -330,62 +327,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> augru_train_backward(
     }
   });
   return {d_gates, d_cand, d_keep};
-}
-
-// GRU forward for training (torch's convention, as `gru_infer`; w_hh [3H, H]): states [L, B, H] time-major
-// (zeros at steps >= `steps`) and, per step, rz (after the sigmoid), n (after the tanh) and the recurrent
-// part of n before the reset gate, ghn: [steps, B, .].
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_train_forward(
-    const at::Tensor& x_proj, const at::Tensor& w_hh, const at::Tensor& b_hh, int64_t steps) {
-  check_cpu_float(x_proj, "x_proj");
-  const int64_t B = x_proj.size(0), L = x_proj.size(1), H = w_hh.size(1);
-  TORCH_CHECK(x_proj.size(2) == 3 * H && w_hh.size(0) == 3 * H && b_hh.numel() == 3 * H && steps <= L,
-              "gru_train_forward: shapes do not match");
-  const at::Tensor xp = x_proj.contiguous(), w_t = w_hh.t().contiguous(), bias = b_hh.contiguous();
-  const auto opt = x_proj.options();
-  at::Tensor states = at::zeros({L, B, H}, opt), rz = at::empty({steps, B, 2 * H}, opt);
-  at::Tensor nn_ = at::empty({steps, B, H}, opt), ghn = at::empty({steps, B, H}, opt);
-  const float *xpp = xp.data_ptr<float>(), *wp = w_t.data_ptr<float>(), *bp = bias.data_ptr<float>();
-  float *s_all = states.data_ptr<float>(), *rz_all = rz.data_ptr<float>(), *n_all = nn_.data_ptr<float>();
-  float* ghn_all = ghn.data_ptr<float>();
-
-  at::parallel_for(0, B, kRowGrain, [&](int64_t b0, int64_t b1) {
-    const int64_t n = b1 - b0;
-    at::Tensor h0 = at::zeros({n, H}, opt), gh_t = at::empty({n, 3 * H}, opt);
-    float* gh = gh_t.data_ptr<float>();
-    const float* hp = h0.data_ptr<float>();  // the previous state: zeros, then the states written
-    for (int64_t t = 0; t < steps; ++t) {
-      float* rzp = rz_all + (t * B + b0) * 2 * H;
-      float* np_ = n_all + (t * B + b0) * H;
-      float* gnp = ghn_all + (t * B + b0) * H;
-      float* sp = s_all + (t * B + b0) * H;
-      fill_rows(gh, bp, n, 3 * H, 0, true);
-      gemm_rows(n, 3 * H, H, 1.0f, hp, wp, 1.0f, gh);
-      for (int64_t b = 0; b < n; ++b) {
-        const float* x = xpp + ((b0 + b) * L + t) * 3 * H;
-        for (int64_t j = 0; j < 2 * H; ++j) rzp[b * 2 * H + j] = x[j] + gh[b * 3 * H + j];
-      }
-      floats(rzp, n, 2 * H).sigmoid_();
-      for (int64_t b = 0; b < n; ++b) {
-        const float* x = xpp + ((b0 + b) * L + t) * 3 * H + 2 * H;
-        for (int64_t j = 0; j < H; ++j) {
-          const float g = gh[b * 3 * H + 2 * H + j];
-          gnp[b * H + j] = g;
-          np_[b * H + j] = 2.0f * (x[j] + rzp[b * 2 * H + j] * g);
-        }
-      }
-      floats(np_, n, H).sigmoid_();
-      for (int64_t b = 0; b < n; ++b)
-        for (int64_t j = 0; j < H; ++j) {
-          const int64_t i = b * H + j;
-          const float nv = 2.0f * np_[i] - 1.0f, z = rzp[b * 2 * H + H + j];
-          np_[i] = nv;
-          sp[i] = nv + z * (hp[i] - nv);
-        }
-      hp = sp;
-    }
-  });
-  return {states, rz, nn_, ghn};
 }
 
 // GRU backward: d_states [B, L, H] (any strides) and the saved tensors -> d_xproj [L, B, 3H] (zeros at steps >=

@@ -1,7 +1,8 @@
 """Compiled CPU kernels (canctr/csrc), built on first use with torch.utils.cpp_extension and cached.
 
-`ops()` returns `torch.ops.canctr_cpu` (DIEN's recurrences for inference: `augru_infer`, `gru_infer`), or None
-where they cannot be built (no C++ compiler or ninja) or are turned off with `CANCTR_COMPILED=0`; callers then
+`ops()` returns `torch.ops.canctr_cpu` (DIEN's recurrences: `augru_infer`, `gru_infer` for scoring, and
+`augru_train_forward` / `_backward`, `gru_train_forward` / `_backward` for training), or None where they cannot
+be built (no C++ compiler or ninja) or are turned off with `CANCTR_COMPILED=0`; callers then
 run the Python loops the kernels are tested against. The first build takes about 10 s (cached under
 `TORCH_EXTENSIONS_DIR`, by default ~/.cache/torch_extensions; concurrent processes wait on one build).
 """

@@ -49,25 +49,26 @@ class InterestExtractor(nn.Module):
         g = self.gru
         if torch.compiler.is_exporting():
             states = gru_states(x, g.weight_ih_l0, g.weight_hh_l0, g.bias_ih_l0, g.bias_hh_l0)
-        elif _compiled_ok(x) and (kernels := compiled.ops()) is not None:  # inference on the CPU: one call
-            steps = int(mask.sum(1).max()) if x.shape[0] else 0
-            states = kernels.gru_infer(F.linear(x, g.weight_ih_l0, g.bias_ih_l0), g.weight_hh_l0.t(), g.bias_hh_l0,
-                                       steps)
-        elif _compiled_ok(x, training=True) and compiled.ops() is not None:  # training on the CPU
-            steps = int(mask.sum(1).max()) if x.shape[0] else 0
-            states = _CompiledGRU.apply(F.linear(x, g.weight_ih_l0, g.bias_ih_l0), g.weight_hh_l0, g.bias_hh_l0,
-                                        steps)
+        elif _compiled_ok(x) and (kernels := compiled.ops()) is not None:  # on the CPU: the time loop in one call
+            proj, steps = F.linear(x, g.weight_ih_l0, g.bias_ih_l0), _longest(mask)
+            states = _CompiledGRU.apply(proj, g.weight_hh_l0, g.bias_hh_l0, steps) if torch.is_grad_enabled() \
+                else kernels.gru_infer(proj, g.weight_hh_l0.t(), g.bias_hh_l0, steps)
         else:
             states = g(x)[0]
         return states.masked_fill(~mask.unsqueeze(-1), 0.0)
 
 
-def _compiled_ok(x: Tensor, training: bool = False) -> bool:
+def _compiled_ok(x: Tensor) -> bool:
     """Whether the compiled kernels (canctr/csrc/recurrent.cpp) may run on `x`: float32 on the CPU, not traced,
-    compiled or exported (those keep the torch ops); the inference kernels without gradient, the training ones
-    with."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and torch.is_grad_enabled() == training
+    compiled or exported (those keep the torch ops). The caller picks the training or the scoring kernels by
+    whether a gradient is being recorded."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32
             and not (torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()))
+
+
+def _longest(mask: Tensor) -> int:
+    """The longest row's valid length, mask [B, L] bool (0 for no rows): where every time loop may stop."""
+    return int(mask.sum(1).max()) if mask.shape[0] else 0
 
 
 class _CompiledGRU(torch.autograd.Function):
@@ -178,8 +179,7 @@ class AUGRU(nn.Module):
                                self.cand_proj.weight.t(), paper)
         if not torch.is_grad_enabled():  # inference: nothing kept for a backward
             return _augru_infer(x_gates, x_cand, attention, mask, self.gate_proj.weight, self.cand_proj.weight, paper)
-        if _compiled_ok(x_cand, training=True) and x_cand.shape[0] == x_gates.shape[0] \
-                and compiled.ops() is not None:  # training on the CPU: the compiled scan
+        if _compiled_ok(x_cand) and compiled.ops() is not None:  # training on the CPU: the compiled scan
             return _CompiledAUGRU.apply(x_gates, x_cand, attention, mask, self.gate_proj.weight,
                                         self.cand_proj.weight, paper)
         return _AUGRUScan.apply(x_gates, x_cand, attention, mask, self.gate_proj.weight, self.cand_proj.weight, paper)
@@ -210,9 +210,8 @@ def _augru_infer(x_gates: Tensor, x_cand: Tensor, attention: Tensor, mask: Tenso
     the compiled loop (canctr/csrc/recurrent.cpp) or, where it cannot be built, the lean loop `_augru_infer_cpu`;
     else `_augru_infer_reference`."""
     if _compiled_ok(x_cand) and x_gates.dtype == torch.float32 and (kernels := compiled.ops()) is not None:
-        lengths = mask.sum(1)
-        steps = int(lengths.max()) if x_cand.shape[0] else 0
-        valid = None if bool((lengths == steps).all()) else mask
+        steps = _longest(mask)
+        valid = None if bool((mask.sum(1) == steps).all()) else mask
         keep = attention if paper else 1.0 - attention
         return kernels.augru_infer(x_gates, x_cand, keep, valid, w_gates.t(), w_cand.t(), paper, steps)
     if (x_cand.device.type == "cpu" and x_cand.dtype == torch.float32 and x_gates.dtype == torch.float32
@@ -429,7 +428,7 @@ class _CompiledAUGRU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_gates, x_cand, attention, mask, w_gates, w_cand, paper: bool):  # noqa: ANN001, ANN205
         keep = attention if paper else 1.0 - attention
-        steps = int(mask.sum(1).max()) if mask.shape[0] else 0
+        steps = _longest(mask)
         h, hs, gs, cs = compiled.ops().augru_train_forward(x_gates, x_cand, keep, mask, w_gates, w_cand, paper,
                                                            steps)
         ctx.save_for_backward(hs, gs, cs, keep, mask, w_gates, w_cand)
