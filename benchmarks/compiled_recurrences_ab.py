@@ -21,13 +21,12 @@ import torch
 
 
 def measure(data: str, model_name: str, batch_size: int, steps: int, rounds: int) -> dict:
-    from canctr.bench import training_batches
+    from canctr.bench import timed_steps, training_batches
     from canctr.data.schema import Schema
     from canctr.layers import compiled
     from canctr.memory import keep_freed_memory
     from canctr.models import create_model
     from canctr.models.base import negative_groups
-    from canctr.train.loop import train_step
     from canctr.train.optim import make_optimizer
 
     keep_freed_memory()
@@ -46,8 +45,7 @@ def measure(data: str, model_name: str, batch_size: int, steps: int, rounds: int
             os.environ["CANCTR_COMPILED"] = "1" if variant == "compiled" else "0"
             model.train()
             t0 = time.perf_counter()
-            for b in batches:
-                train_step(model, b, opts[variant])
+            timed_steps(model, iter(batches), opts[variant], len(batches))
             t1 = time.perf_counter()
             model.eval()
             with torch.inference_mode():
